@@ -1,0 +1,182 @@
+"""Configs: dataclasses filled from a TOML file and command-line flags, validated at load time.
+
+A TOML file has one table per section (`[model]`, `[train]`, ...); every key is also a flag (`--hidden-size 256`).
+Field names are unique across the sections of one command, so flags need no section prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from pretune.errors import InputError
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise InputError("config file not found", path=path) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"config is not UTF-8 text (byte {e.start})", path=path) from None
+    except OSError as e:
+        raise InputError(f"cannot read config: {e.strerror}", path=path) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line = getattr(e, "lineno", None)
+        msg = str(e).split(" (at line")[0]
+        raise InputError(f"invalid TOML: {msg}", path=path, line=line) from None
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(the non-None type of a field, whether None is allowed)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return (args[0] if len(args) == 1 else str), True
+    return (origin or tp), False
+
+
+def _coerce(value: Any, tp: Any, where: str, path) -> Any:
+    base, optional = _base_type(tp)
+    if value is None:
+        if optional:
+            return None
+        raise InputError(f"{where} must not be empty", path=path)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif base is str:
+        if isinstance(value, str):
+            return value
+    elif base in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, tuple)):
+            (item_tp,) = typing.get_args(tp) or (str,)
+            return [_coerce(v, item_tp, where, path) for v in value]
+    else:
+        return value
+    raise InputError(f"{where} must be of type {getattr(base, '__name__', base)}, got {value!r}", path=path)
+
+
+def from_dict(cls: type, data: dict, path=None, section: str | None = None):
+    """Build dataclass `cls` from a dict: unknown keys get a did-you-mean, values are type-checked."""
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"[{section}] {key}" if section else key
+        if key not in hints:
+            raise InputError(f"unknown key {where!r}{_did_you_mean(key, known)}", path=path)
+        kwargs[key] = _coerce(value, hints[key], where, path)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(str(path) if path is not None else None)
+    return obj
+
+
+def to_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_flags(parser: argparse.ArgumentParser, *classes: type) -> None:
+    """One flag per dataclass field, defaulting to None (= take the config file's value or the default)."""
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("flag") is False:
+                continue
+            base, _ = _base_type(hints[f.name])
+            kw: dict[str, Any] = {"default": None, "dest": f.name}
+            if base is bool:
+                kw["action"] = argparse.BooleanOptionalAction
+            else:
+                kw["metavar"] = base.__name__.upper() if isinstance(base, type) else "VALUE"
+            kw["help"] = f.metadata.get("help", argparse.SUPPRESS if f.metadata.get("hidden") else None)
+            parser.add_argument(to_flag(f.name), **kw)
+
+
+def merge(file_values: dict, args: argparse.Namespace, sections: dict[str, type], path=None) -> dict[str, dict]:
+    """Per section: values from the TOML table, overridden by flags that were given.
+
+    `file_values` is the parsed TOML; top-level keys belong to the first section (so flat files work too)."""
+    first = next(iter(sections))
+    out: dict[str, dict] = {name: {} for name in sections}
+    owner = {f.name: name for name, cls in sections.items() for f in dataclasses.fields(cls)}
+    for key, value in file_values.items():
+        if isinstance(value, dict) and key in sections:
+            out[key].update(value)
+        elif isinstance(value, dict):
+            raise InputError(f"unknown section [{key}]{_did_you_mean(key, list(sections))}", path=path)
+        elif key in owner:
+            out[owner[key]][key] = value
+        else:
+            out[first][key] = value  # from_dict reports it with a did-you-mean
+    for key, section in owner.items():
+        value = getattr(args, key, None)
+        if value is not None:
+            out[section][key] = value
+    return out
+
+
+def load_sections(config_path: str | None, args: argparse.Namespace, sections: dict[str, type]) -> dict[str, Any]:
+    """TOML file (optional) + flags -> one validated dataclass per section."""
+    values = load_toml(config_path) if config_path else {}
+    merged = merge(values, args, sections, config_path)
+    return {name: from_dict(cls, merged[name], config_path, name) for name, cls in sections.items()}
+
+
+def to_toml(sections: dict[str, Any]) -> str:
+    """Write resolved sections back as TOML (used to record the config a run used)."""
+    lines = []
+    for name, obj in sections.items():
+        lines.append(f"[{name}]")
+        for key, value in dataclasses.asdict(obj).items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'

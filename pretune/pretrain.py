@@ -1,0 +1,198 @@
+"""Stage 1: pretrain (or continue pretraining) a Transformer on token shards with one objective."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from pretune import checkpoint as ck
+from pretune import distributed as dist
+from pretune.data.corpus import TokenShards
+from pretune.errors import InputError
+from pretune.model.transformer import PRESETS, ModelConfig, describe
+from pretune.objectives import OBJECTIVES, Objective, PretrainModel, Specials, build_objective
+from pretune.train import BatchSource, TrainConfig, Trainer, seed_everything
+
+
+@dataclass
+class PretrainSection:
+    """[pretrain] keys (also accepted at the top level of the TOML file)."""
+
+    shards: str = field(default="", metadata={"help": "directory written by `pretune prepare`"})
+    out: str = field(default="", metadata={"help": "run directory (checkpoints, metrics.jsonl, model/)"})
+    max_len: int = 128
+    model_size: str = field(default="base", metadata={"help": f"preset: {', '.join(PRESETS)}; [model] keys override"})
+    objective: str = field(default="mlm", metadata={"help": "mlm | wwm | span | mlm+nsp | clm"})
+    mask_prob: float = 0.15
+    mask_ratio: float = 0.8
+    random_ratio: float = 0.1
+    init_from: str | None = field(default=None, metadata={"help": "continue pretraining from this checkpoint"})
+
+    def validate(self, source=None) -> PretrainSection:
+        if not self.shards:
+            raise InputError("shards is required: the directory written by `pretune prepare`", path=source)
+        if not self.out:
+            raise InputError("out is required: the run directory to write", path=source)
+        if self.model_size not in PRESETS:
+            raise InputError(f"model_size must be one of {sorted(PRESETS)}, got {self.model_size!r}", path=source)
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"unknown objective {self.objective!r}; expected one of {sorted(OBJECTIVES)}", path=source)
+        if self.max_len < 8:
+            raise InputError(f"max_len must be >= 8, got {self.max_len}", path=source)
+        return self
+
+    def objective_options(self, cls: type[Objective]) -> dict:
+        names = getattr(cls, "options", ("mask_prob", "mask_ratio", "random_ratio") if cls.name != "clm" else ())
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in names}
+
+
+SECTIONS = {"pretrain": PretrainSection, "model": ModelConfig, "train": TrainConfig}
+
+
+def build_model_config(section: PretrainSection, model_values: dict, tok, objective: Objective, source=None):
+    values = {**PRESETS[section.model_size], **model_values}
+    given_vocab = values.pop("vocab_size", None)
+    if given_vocab is not None and given_vocab < tok.vocab_size:
+        raise InputError(f"[model] vocab_size {given_vocab} is below the tokenizer's {tok.vocab_size}", path=source)
+    values["vocab_size"] = max(given_vocab or 0, tok.vocab_size)
+    values["pad_token_id"] = tok.specials.pad
+    values["causal"] = objective.causal
+    if objective.causal:
+        values.setdefault("pre_ln", True)
+        values.setdefault("final_layer_norm", values["pre_ln"])
+    cfg = ModelConfig.from_dict(values, source)
+    if section.max_len > cfg.max_positions:
+        raise InputError(f"max_len {section.max_len} is beyond the model's {cfg.max_positions} positions "
+                         f"(raise [model] max_positions or lower max_len)", path=source)
+    return cfg
+
+
+def model_files_writer(cfg: ModelConfig, objective: Objective, tok, extra: dict | None = None):
+    """A `save_model(dir, model)` for the trainer: config.json, model.safetensors, tokenizer.json."""
+
+    def save(directory: Path, model: torch.nn.Module) -> None:
+        config = {"model": cfg.to_dict(), "objective": objective.name, "heads": sorted(model.heads.keys()),
+                  **(extra or {})}
+        ck.write_json(directory / ck.CONFIG, {"format_version": ck.FORMAT_VERSION, **config})
+        ck.save_weights(directory / ck.WEIGHTS, model)
+        tok.save(directory / ck.TOKENIZER)
+
+    return save
+
+
+def evaluator(objective: Objective, dataset, batch_size: int, max_batches: int, seed: int, device):
+    """Validation over a fixed set of items with fixed masking, so numbers are comparable across steps."""
+    n = min(len(dataset), batch_size * max_batches)
+
+    def evaluate(model) -> dict[str, float]:
+        totals: dict[str, list[float]] = {}
+        gen = torch.Generator().manual_seed(seed + 7919)
+        for start in range(dist.rank() * batch_size, n, batch_size * dist.world_size()):
+            items = [dataset[i] for i in range(start, min(start + batch_size, n))]
+            batch = {k: v.to(device) for k, v in objective.collate(items, gen).items()}
+            _, stats = objective.loss(model, batch)
+            for k, (num, den) in stats.items():
+                acc = totals.setdefault(k, [0.0, 0.0])
+                acc[0] += float(num)
+                acc[1] += float(den)
+        return objective.summarize(dist.all_reduce_totals(totals))
+
+    return evaluate
+
+
+def prepare_out_dir(out: Path, run_record: dict, resume: bool, overwrite: bool) -> None:
+    """Never silently overwrite: a directory holding a run is continued (--resume, same config) or replaced only with
+    --overwrite."""
+    record_file = out / "run.json"
+    if resume:
+        if not (out / "last").exists():
+            raise InputError("--resume: no checkpoint to resume from (no last/ here)", path=out)
+        if record_file.exists():
+            old = ck.read_json(record_file)
+            keep = ("max_steps", "eval_every", "save_every", "log_every", "progress", "device", "eval_batches")
+            def core(r):
+                return {s: {k: v for k, v in vals.items() if k not in keep} for s, vals in r.items()}
+            if core(old) != core(run_record):
+                raise InputError("--resume: this directory holds a run with a different config; "
+                                 "use the same config (only max_steps and logging may change) or another --out",
+                                 path=out)
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError("output directory already holds files; pass --resume to continue its run, "
+                             "--overwrite to replace it, or choose another --out", path=out)
+        if dist.is_main():
+            shutil.rmtree(out)
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+
+
+def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, model_values: dict | None = None,
+             source=None) -> dict:
+    """Run stage 1 from resolved config sections. Returns the trainer's summary."""
+    sec: PretrainSection = sections["pretrain"]
+    tcfg: TrainConfig = sections["train"]
+    seed_everything(tcfg.seed)
+    shards_dir = Path(sec.shards)
+    train_shards = TokenShards(shards_dir, "train")
+    val_shards = TokenShards(shards_dir, "validation")
+    init = ck.load_checkpoint(sec.init_from) if sec.init_from else None
+    tok_source = init.path if init is not None else shards_dir
+    from pretune.tokenizer import PretuneTokenizer
+
+    tok = PretuneTokenizer.load(tok_source / ck.TOKENIZER)
+    shard_hash = train_shards.meta.get("tokenizer_sha256")
+    if shard_hash and shard_hash != _tokenizer_hash(tok):
+        raise InputError("the shards were made with another tokenizer than the one this run uses "
+                         f"({tok_source / ck.TOKENIZER}); run `pretune prepare` with it", path=shards_dir)
+    objective_cls = OBJECTIVES[sec.objective]
+    specials = Specials.from_tokenizer(tok)
+    objective = build_objective(sec.objective, specials, **sec.objective_options(objective_cls))
+    if init is not None:
+        cfg = ModelConfig.from_dict(init.config["model"], str(init.path / ck.CONFIG))
+        if objective.causal != cfg.causal:
+            raise InputError(f"objective {sec.objective!r} needs a {'causal' if objective.causal else 'bidirectional'}"
+                             " model, and the checkpoint's is not", path=init.path)
+        if sec.max_len > cfg.max_positions:
+            raise InputError(f"max_len {sec.max_len} is beyond the checkpoint's {cfg.max_positions} positions",
+                             path=source)
+    else:
+        cfg = build_model_config(sec, model_values or {}, tok, objective, source)
+    model = PretrainModel(cfg, objective.heads(cfg))
+    if init is not None:
+        own = {k for k in model.state_dict()}
+        state = {k: v for k, v in init.state_dict.items() if k in own}
+        ck.load_into(model, state, init.path, strict=False)
+    out = Path(sec.out)
+    run_record = {name: asdict(obj) for name, obj in sections.items()}
+    prepare_out_dir(out, run_record, resume, overwrite)
+    if dist.is_main():
+        ck.write_json(out / "run.json", run_record)
+        print(describe(cfg, model.body.num_parameters() + sum(p.numel() for p in model.heads.parameters())))
+    train_data = objective.dataset(train_shards, sec.max_len)
+    val_data = objective.dataset(val_shards, sec.max_len)
+    batches = BatchSource(train_data, tcfg.batch_size, objective.collate, seed=tcfg.seed)
+    save = model_files_writer(cfg, objective, tok)
+    trainer = Trainer(
+        model, tcfg, out,
+        batches=batches,
+        loss_fn=objective.loss,
+        save_model=save,
+        model_config=cfg.to_dict(),
+        summarize=objective.summarize,
+    )
+    trainer.evaluate_fn = evaluator(objective, val_data, tcfg.batch_size, tcfg.eval_batches, tcfg.seed, trainer.device)
+    result = trainer.fit(resume=resume)
+    if dist.is_main():
+        print(json.dumps({"step": result["step"], "validation": result["validation"]}))
+    return result
+
+
+def _tokenizer_hash(tok) -> str:
+    import hashlib
+
+    return hashlib.sha256(tok.inner.to_str().encode("utf-8")).hexdigest()

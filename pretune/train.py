@@ -1,0 +1,455 @@
+"""The training loop shared by pretraining and fine-tuning. Plain PyTorch; distributed through torch.distributed.
+
+What the loop knows: a model, a resumable source of batches, a loss function returning (loss, stats), an
+evaluation function, and how to save the model. What it does: AdamW (no decay on biases and norms), warm-up then
+linear/cosine decay, gradient accumulation and clipping, bf16 autocast where the device supports it, periodic
+evaluation, early stopping, a JSONL metrics log, atomic checkpoints every N steps, exact resume, clean exit on
+SIGINT/SIGTERM (checkpoint first), and a clear stop on a NaN/inf loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pretune import distributed as dist
+from pretune.checkpoint import load_checkpoint, load_into, write_dir_atomic
+from pretune.errors import InputError
+
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. a NaN loss); the message names the step."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps (pretraining) or a cap (fine-tuning)"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per device per micro-batch"})
+    grad_accum: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-6
+    warmup_ratio: float = 0.06
+    warmup_steps: int | None = None
+    schedule: str = "linear"
+    clip_norm: float = 1.0
+    eval_every: int = 200
+    eval_batches: int = 50
+    save_every: int = 500
+    log_every: int = 20
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+    on_nan: str = "stop"  # stop | skip
+    compile: bool = False
+
+    def validate(self, source: str | None = None) -> TrainConfig:
+        def bad(msg):
+            return InputError(f"[train] {msg}", path=source)
+
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise bad(f"lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise bad(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise bad(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise bad(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.on_nan not in ("stop", "skip"):
+            raise bad(f"on_nan must be stop or skip, got {self.on_nan!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise bad("warmup_ratio must be in [0, 1)")
+        return self
+
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * self.max_steps)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda was asked for, but no CUDA device is available")
+        if dist.world_size() > 1 and name == "cuda":
+            name = f"cuda:{dist.local_rank()}"
+    return torch.device(name)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision == "bf16":
+        return True
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights (every 1-D parameter)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lr": lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+    ]
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    warm, total = cfg.warmup(), cfg.max_steps
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return f
+
+
+class BatchSource:
+    """Endless, resumable batches. Epoch e visits `plan(e)` (lists of item indices); the state is (epoch, position),
+    and the randomness of batch b (masking, ...) comes from a generator seeded by (seed, epoch, position), so a
+    resumed run sees exactly the batches an uninterrupted one would. Under torch.distributed each rank takes its own
+    slice of every global batch."""
+
+    def __init__(
+        self,
+        dataset: Sequence,
+        batch_size: int,
+        collate: Callable[[list, torch.Generator], dict],
+        seed: int = 0,
+        shuffle: bool = True,
+        plan: Callable[[int], list[list[int]]] | None = None,
+    ):
+        self.dataset, self.collate, self.seed, self.shuffle = dataset, collate, seed, shuffle
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.global_batch = batch_size * self.world
+        self.plan = plan or self.default_plan
+        self.epoch, self.position = 0, 0
+        self._batches = self.plan(0)
+        if not self._batches:
+            raise InputError(f"not enough data for one batch of {self.global_batch} (have {len(dataset)} items)")
+
+    def default_plan(self, epoch: int) -> list[list[int]]:
+        n = len(self.dataset)
+        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        if n < self.global_batch:  # a tiny dataset: one (smaller) batch rather than none
+            return [order.tolist()] if n >= self.world else []
+        g = self.global_batch
+        return [order[i : i + g].tolist() for i in range(0, n - g + 1, g)]
+
+    def __next__(self) -> dict:
+        if self.position >= len(self._batches):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._batches = self.plan(self.epoch)
+        indices = self._batches[self.position][self.rank :: self.world]
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, self.position]).generate_state(1)[0])
+        gen = torch.Generator().manual_seed(seed)
+        self.position += 1
+        return self.collate([self.dataset[i] for i in indices], gen)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._batches = self.plan(self.epoch)
+
+
+def move(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def count_tokens(batch: dict) -> int:
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+
+
+@dataclass
+class EarlyStopping:
+    metric: str
+    greater_is_better: bool = True
+    patience: int | None = None
+
+
+class Trainer:
+    """Runs `cfg.max_steps` optimizer steps of `loss_fn` over `batches`, evaluating, logging and checkpointing.
+
+    Files under `out_dir`: metrics.jsonl, last/ (resumable: weights + optimizer + trainer state), best/ (when early
+    stopping tracks a metric) and model/ (the final model: best if tracked, else last)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        *,
+        batches: BatchSource,
+        loss_fn: Callable[[nn.Module, dict], tuple[torch.Tensor, dict]],
+        save_model: Callable[[Path, nn.Module], None],
+        model_config: dict,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+        groups: list[dict] | None = None,
+        early_stopping: EarlyStopping | None = None,
+        summarize: Callable[[dict], dict] | None = None,
+    ):
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.device = resolve_device(cfg.device)
+        self.bf16 = use_bf16(cfg.precision, self.device)
+        self.model = model.to(self.device)
+        self.batches, self.loss_fn, self.save_model = batches, loss_fn, save_model
+        self.model_config, self.evaluate_fn = model_config, evaluate
+        self.early = early_stopping
+        self.summarize = summarize or (lambda totals: {k: n / max(d, 1e-12) for k, (n, d) in totals.items()})
+        groups = groups or param_groups(model, cfg.weight_decay, cfg.lr)
+        for g in groups:
+            g["initial_lr"] = g["lr"]
+        fused = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                                           **fused)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.train_model = dist.wrap(self.model, self.device)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.step, self.best, self.bad_evals, self.skipped = 0, None, 0, 0
+        self.history: list[dict] = []
+        self._stop_signal: int | None = None
+
+    # ---- checkpoints -------------------------------------------------------------------------------------------
+    def trainer_state(self) -> dict:
+        return {
+            "step": self.step,
+            "batches": self.batches.state_dict(),
+            "best": self.best,
+            "bad_evals": self.bad_evals,
+            "skipped_batches": self.skipped,
+            "world_size": dist.world_size(),
+            "train_config": asdict(self.cfg),
+        }
+
+    def save(self, name: str, with_optimizer: bool) -> None:
+        if not dist.is_main():
+            return
+        opt = None
+        if with_optimizer:
+            opt = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng_torch": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            }
+        state = self.trainer_state()
+
+        def fill(tmp: Path) -> None:
+            self.save_model(tmp, self.model)
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            if opt is not None:
+                torch.save(opt, tmp / "optimizer.pt")
+
+        write_dir_atomic(self.out / name, fill)
+
+    def resume(self) -> None:
+        ckpt = load_checkpoint(self.out / "last")
+        load_into(self.model, ckpt.state_dict, ckpt.path)
+        state, opt = ckpt.trainer_state(), ckpt.optimizer_state()
+        if state is None or opt is None:
+            raise InputError("cannot resume: the checkpoint has no trainer state", path=ckpt.path)
+        self.optimizer.load_state_dict(opt["optimizer"])
+        self.scheduler.load_state_dict(opt["scheduler"])
+        torch.set_rng_state(opt["rng_torch"])
+        if opt.get("rng_cuda") and torch.cuda.is_available() and dist.world_size() == state.get("world_size", 1):
+            torch.cuda.set_rng_state_all(opt["rng_cuda"])
+        self.step = int(state["step"])
+        self.batches.load_state_dict(state["batches"])
+        self.best, self.bad_evals = state.get("best"), int(state.get("bad_evals", 0))
+        self.skipped = int(state.get("skipped_batches", 0))
+        self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint we resume from, so the curve has no duplicate steps."""
+        log = self.out / "metrics.jsonl"
+        if not log.exists() or not dist.is_main():
+            return
+        kept = []
+        for line in log.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if rec.get("step", 0) <= self.step:
+                kept.append(line)
+        log.write_text("".join(x + "\n" for x in kept))
+
+    def log(self, record: dict) -> None:
+        self.history.append(record)
+        if dist.is_main():
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ---- the loop ----------------------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def evaluate(self) -> dict[str, float] | None:
+        if self.evaluate_fn is None:
+            return None
+        self.model.eval()
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            metrics = self.evaluate_fn(self.model)
+        self.model.train()
+        return metrics
+
+    def _improved(self, metrics: dict) -> bool:
+        value = metrics.get(self.early.metric)
+        if value is None:
+            raise InputError(f"early-stopping metric {self.early.metric!r} is not reported; have {sorted(metrics)}")
+        if self.best is None:
+            return True
+        return value > self.best if self.early.greater_is_better else value < self.best
+
+    def fit(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.model.train()
+        bar = None
+        if cfg.progress and dist.is_main():
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True, leave=True)
+        totals: dict[str, list[float]] = {}
+        tokens, t0 = 0, time.perf_counter()
+        last_eval: dict | None = None
+        stopped_early = False
+        try:
+            while self.step < cfg.max_steps:
+                loss_value = self._train_step(totals)
+                tokens += self._step_tokens
+                self.step += 1
+                if bar is not None:
+                    bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    dt = time.perf_counter() - t0
+                    rec = {"step": self.step, "split": "train", "loss": loss_value,
+                           "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(dt, 1e-9)}
+                    rec.update(self.summarize(dist.all_reduce_totals(totals)))
+                    self.log(rec)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                    totals, tokens, t0 = {}, 0, time.perf_counter()
+                if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                    last_eval = self.evaluate()
+                    if last_eval is not None:
+                        self.log({"step": self.step, "split": "validation", **last_eval})
+                        if bar is not None:
+                            bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
+                        if self.early is not None:
+                            if self._improved(last_eval):
+                                self.best, self.bad_evals = last_eval[self.early.metric], 0
+                                self.save("best", with_optimizer=False)
+                            else:
+                                self.bad_evals += 1
+                                if self.early.patience is not None and self.bad_evals >= self.early.patience:
+                                    stopped_early = True
+                if self.step % cfg.save_every == 0 or self._stop_signal is not None or stopped_early:
+                    self.save("last", with_optimizer=True)
+                if self._stop_signal is not None:
+                    name = signal.Signals(self._stop_signal).name
+                    if bar is not None:
+                        bar.write(f"{name}: checkpoint saved at step {self.step} in {self.out / 'last'}; exiting")
+                    raise KeyboardInterrupt(name)
+                if stopped_early:
+                    if bar is not None:
+                        bar.write(f"early stop at step {self.step}: no {self.early.metric} gain in "
+                                  f"{self.early.patience} evaluations")
+                    break
+            if self.step % cfg.save_every != 0 and not stopped_early:
+                self.save("last", with_optimizer=True)
+        finally:
+            if bar is not None:
+                bar.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        self.finish()
+        return {"step": self.step, "validation": last_eval, "best": self.best, "stopped_early": stopped_early}
+
+    def finish(self) -> None:
+        """model/ := best/ if early stopping tracked a metric, else the final weights."""
+        if not dist.is_main():
+            return
+        source = self.out / "best" if self.early is not None and (self.out / "best").exists() else None
+
+        def fill(tmp: Path) -> None:
+            if source is not None:
+                for f in source.iterdir():
+                    if f.name != "trainer_state.json":
+                        (tmp / f.name).write_bytes(f.read_bytes())
+            else:
+                self.save_model(tmp, self.model)
+
+        write_dir_atomic(self.out / "model", fill)
+
+    def _train_step(self, totals: dict) -> float:
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, self._step_tokens = 0.0, 0
+        for micro in range(cfg.grad_accum):
+            batch = move(next(self.batches), self.device)
+            self._step_tokens += count_tokens(batch)
+            sync = micro == cfg.grad_accum - 1
+            with dist.maybe_no_sync(self.train_model, sync):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    loss, stats = self.loss_fn(self.train_model, batch)
+                (loss / cfg.grad_accum).backward()
+            loss_sum += float(loss.detach())
+            for k, (num, den) in stats.items():
+                acc = totals.setdefault(k, [0.0, 0.0])
+                acc[0] += float(num)
+                acc[1] += float(den)
+        loss_value = loss_sum / cfg.grad_accum
+        if not math.isfinite(loss_value) or not dist.all_finite(loss_value, self.device):
+            if cfg.on_nan == "skip":
+                self.skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                return loss_value
+            raise TrainingError(f"loss is {loss_value} at step {self.step + 1}; lower the learning rate, "
+                                f"check the data, or set on_nan = \"skip\"")
+        if cfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss_value
