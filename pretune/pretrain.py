@@ -113,7 +113,8 @@ def prepare_out_dir(out: Path, run_record: dict, resume: bool, overwrite: bool) 
             raise InputError("--resume: no checkpoint to resume from (no last/ here)", path=out)
         if record_file.exists():
             old = ck.read_json(record_file)
-            keep = ("max_steps", "eval_every", "save_every", "log_every", "progress", "device", "eval_batches")
+            keep = ("max_steps", "eval_every", "save_every", "log_every", "progress", "device", "eval_batches",
+                    "stop_after")
             def core(r):
                 return {s: {k: v for k, v in vals.items() if k not in keep} for s, vals in r.items()}
             if core(old) != core(run_record):

@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     on_nan: str = "stop"  # stop | skip
+    stop_after: int | None = field(default=None, metadata={
+        "help": "end this invocation after this step (checkpoint saved); --resume continues on max_steps' schedule"})
     compile: bool = False
 
     def validate(self, source: str | None = None) -> TrainConfig:
@@ -355,7 +357,8 @@ class Trainer:
         last_eval: dict | None = None
         stopped_early = False
         try:
-            while self.step < cfg.max_steps:
+            end = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
+            while self.step < end:
                 loss_value = self._train_step(totals)
                 tokens += self._step_tokens
                 self.step += 1
@@ -384,7 +387,8 @@ class Trainer:
                                 self.bad_evals += 1
                                 if self.early.patience is not None and self.bad_evals >= self.early.patience:
                                     stopped_early = True
-                if self.step % cfg.save_every == 0 or self._stop_signal is not None or stopped_early:
+                if (self.step % cfg.save_every == 0 or self._stop_signal is not None or stopped_early
+                        or self.step == end):
                     self.save("last", with_optimizer=True)
                 if self._stop_signal is not None:
                     name = signal.Signals(self._stop_signal).name
@@ -396,8 +400,6 @@ class Trainer:
                         bar.write(f"early stop at step {self.step}: no {self.early.metric} gain in "
                                   f"{self.early.patience} evaluations")
                     break
-            if self.step % cfg.save_every != 0 and not stopped_early:
-                self.save("last", with_optimizer=True)
         finally:
             if bar is not None:
                 bar.close()

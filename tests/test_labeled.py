@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
-from tokenizers import Tokenizer
-from tokenizers.models import WordPiece
-from tokenizers.normalizers import BertNormalizer
-from tokenizers.pre_tokenizers import BertPreTokenizer
 
 from pretune.data.labeled import (
     TASKS,
@@ -28,6 +23,7 @@ from pretune.data.labeled import (
     read_examples,
 )
 from pretune.errors import InputError
+from pretune.tokenizer import PretuneTokenizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Words split on purpose: Mt. -> Mt + .   Sanitas -> San ##itas   Sunshine -> Sun ##shine
@@ -37,40 +33,15 @@ VOCAB = SPECIALS + [
 ]  # fmt: skip
 
 
-class _StandInTokenizer:
-    """Mirrors the parts of pretune.tokenizer.PretuneTokenizer this module relies on."""
-
-    def __init__(self, vocab_file: Path):
-        self.tok = Tokenizer(WordPiece.from_file(str(vocab_file), unk_token="[UNK]"))
-        self.tok.normalizer = BertNormalizer(lowercase=False)
-        self.tok.pre_tokenizer = BertPreTokenizer()
-        ids = {s: self.tok.token_to_id(s) for s in SPECIALS}
-        self.specials = SimpleNamespace(
-            pad=ids["[PAD]"], unk=ids["[UNK]"], cls=ids["[CLS]"], sep=ids["[SEP]"], mask=ids["[MASK]"]
-        )
-
-    def encode(self, text):
-        return self.tok.encode(text, add_special_tokens=False)
-
-    def encode_batch(self, texts):
-        return self.tok.encode_batch(list(texts), add_special_tokens=False)
-
-    def encode_words(self, words):
-        return self.tok.encode(list(words), is_pretokenized=True, add_special_tokens=False)
-
-    def encode_words_batch(self, word_lists):
-        return self.tok.encode_batch([list(w) for w in word_lists], is_pretokenized=True, add_special_tokens=False)
-
-
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     vocab = tmp_path_factory.mktemp("vocab") / "vocab.txt"
     vocab.write_text("\n".join(dict.fromkeys(VOCAB)) + "\n", encoding="utf-8")
-    return _StandInTokenizer(vocab)
+    return PretuneTokenizer.load(vocab)  # cased: the vocabulary has capitals
 
 
 def _ids(tok, *pieces: str) -> list[int]:
-    return [tok.tok.token_to_id(p) for p in pieces]
+    return [tok.token_to_id(p) for p in pieces]
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -409,3 +380,11 @@ def test_length_grouped_batches_cover_every_index_once(shuffle):
     assert batches == length_grouped_batches(lengths, batch_size=16, shuffle=shuffle, seed=3)
     if shuffle:
         assert batches != length_grouped_batches(lengths, batch_size=16, shuffle=True, seed=4)
+
+
+def test_word_without_subwords_gets_unk_so_it_keeps_a_position(tok):
+    ex = Example(1, tokens=["is", "\u200b", "in"], tags=["O", "B-X", "O"])  # the normalizer drops U+200B
+    assert len(tok.encode_words(ex.tokens).ids) == 2
+    (f,), _ = encode_examples([ex], "tag", tok, LabelMap(["O", "B-X", "I-X"]), max_len=16)
+    assert f["input_ids"] == _ids(tok, "[CLS]", "is", "[UNK]", "in", "[SEP]")
+    assert f["word_positions"] == [1, 2, 3] and f["labels"] == [-100, 0, 1, 0, -100]

@@ -486,17 +486,8 @@ class EncodeStats:
 
 
 def _special_id(tokenizer: Any, name: str) -> int:
-    """Id of special token `name` from `tokenizer.specials` (attribute or mapping; an id or a token string)."""
-    specials = tokenizer.specials
-    value = specials[name] if isinstance(specials, dict) else getattr(specials, name)
-    if isinstance(value, int):
-        return value
-    if hasattr(value, "id"):
-        return int(value.id)
-    token_id = tokenizer.token_to_id(value)
-    if token_id is None:
-        raise InputError(f"the tokenizer has no id for its special token '{value}'")
-    return int(token_id)
+    """Id of special token `name` ("cls", "sep", "unk", ...) from `tokenizer.specials`."""
+    return int(getattr(tokenizer.specials, name))
 
 
 def _word_pieces(tokenizer: Any, word_lists: list[list[str]], unk_id: int) -> list[list[list[int]]]:
@@ -639,7 +630,7 @@ def encode_examples(
     max_span_width: int = 8,
     source: str | Path | None = None,
 ) -> tuple[list[dict], EncodeStats]:
-    """One feature dict (plain lists / ints) per model input; see the module doc of each task below.
+    """One feature dict (plain lists / ints) per model input.
 
     classify: [CLS] text [SEP]; pair: [CLS] a [SEP] b [SEP] (type ids 0 then 1), longest-first truncation;
     both carry "label" (int or None). tag: "labels" (first subword, -100 elsewhere; absent without labels),
