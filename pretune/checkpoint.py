@@ -7,9 +7,12 @@ safetensors only; the optimizer state is a torch file of tensors and plain conta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ TOKENIZER = "tokenizer.json"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
 FORMAT_VERSION = 1
+REQUIRED_MODEL_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_size")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -52,29 +56,83 @@ def write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def write_dir_atomic(target: Path, fill: Callable[[Path], None]) -> None:
-    """Create `target` with `fill(tmp_dir)`, then swap it in. The old `target` survives until the new one is whole."""
+PAUSE_ENV = "PRETUNE_TEST_CHECKPOINT_PAUSE"  # "stage=seconds": crash tests kill the process inside a write
+
+
+def _pause(stage: str) -> None:
+    """Test hook: sleep at `stage` (begin | filled | swap) of write_dir_atomic when PAUSE_ENV asks for it."""
+    want = os.environ.get(PAUSE_ENV)
+    if want and want.split("=")[0] == stage:
+        time.sleep(float(want.split("=")[1]))
+
+
+def recover_dir(target: Path) -> None:
+    """Undo a swap cut short by a crash: `target` gone but its previous version still at `.target.old`."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old")
+    if not target.exists() and old.is_dir():
+        os.replace(old, target)
+
+
+def write_dir_atomic(target: Path, fill: Callable[[Path], None]) -> None:
+    """Create `target` with `fill(tmp_dir)`, then swap it in. The old `target` survives until the new one is whole.
+
+    A crash at any point leaves `target` or `.target.old` complete (`recover_dir` / `resolve` find the latter).
+    An OSError (disk full, permissions) becomes an InputError naming `target`; the old `target` stays in place."""
+    target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp")
     old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _pause("begin")
         fill(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         _fsync_dir(tmp)
+        _pause("filled")
+        recover_dir(target)
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        _pause("swap")
+        os.replace(tmp, target)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        recover_dir(target)
+        reason = e.strerror or str(e)
+        raise InputError(f"cannot write {target.name}/: {reason}; the previous {target.name}/ (if any) is left "
+                         "as it was", path=target) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
     _fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_filename(name: str, max_len: int = 80) -> str:
+    """A file name made from data (a label, a task name) that stays inside its directory: characters other than
+    letters, digits, `.`, `_` and `-` become `_`, leading dots go, and a changed name gets a short hash of the
+    original so that `a/b` and `a_b` stay distinct."""
+    clean = _UNSAFE.sub("_", name).lstrip(".")[:max_len] or "_"
+    if clean != name:
+        clean += "-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return clean
+
+
+def child_path(root: str | Path, name: str) -> Path:
+    """root / name, refusing any `name` that would leave `root` (absolute, `..`, separators, empty)."""
+    root = Path(root)
+    candidate = (root / name).resolve()
+    if not name or name != Path(name).name or name in (".", "..") or candidate.parent != root.resolve():
+        raise InputError(f"refusing the file name {name!r}: it would leave the output directory", path=root)
+    return root / name
 
 
 def save_weights(path: Path, model: torch.nn.Module) -> None:
@@ -108,11 +166,16 @@ def resolve(path: str | Path) -> Path:
     """A checkpoint directory from what the user named: the checkpoint itself or a run directory holding one
     (its final `model/`, else `best/`, else `last/`). A directory left mid-swap (`.last.old`) still resolves."""
     path = Path(path)
-    if not path.exists():
-        raise InputError("checkpoint not found", path=path)
-    for candidate in (path, path / "model", path / "best", path / "last", path.with_name(f".{path.name}.old")):
+
+    def with_old(p: Path) -> tuple[Path, Path]:
+        return p, p.with_name(f".{p.name}.old")
+
+    candidates = [*with_old(path), *with_old(path / "model"), *with_old(path / "best"), *with_old(path / "last")]
+    for candidate in candidates:
         if (candidate / CONFIG).is_file():
             return candidate
+    if not path.exists():
+        raise InputError("checkpoint not found", path=path)
     raise InputError(f"not a checkpoint: no {CONFIG} here, nor in model/, best/ or last/", path=path)
 
 
@@ -121,14 +184,31 @@ class Checkpoint:
     path: Path
     config: dict
     state_dict: dict[str, torch.Tensor]
+    loaded_tokenizer: object | None = None  # set when the checkpoint was converted in memory (Hugging Face folder)
 
     def tokenizer(self):
         from pretune.tokenizer import PretuneTokenizer
 
+        if self.loaded_tokenizer is not None:
+            return self.loaded_tokenizer
         file = self.path / TOKENIZER
         if not file.is_file():
             raise InputError(f"checkpoint has no {TOKENIZER}: it cannot encode text", path=self.path)
         return PretuneTokenizer.load(file)
+
+    def model_config(self):
+        """The `model` object of config.json as a validated ModelConfig; the architecture keys are required."""
+        from pretune.model.transformer import ModelConfig
+
+        source = self.path / CONFIG
+        values = self.config.get("model")
+        if not isinstance(values, dict):
+            raise InputError('no "model" object (the architecture) in the checkpoint config; expected '
+                             '{"model": {"hidden_size": ..., ...}, ...}', path=source)
+        missing = [k for k in REQUIRED_MODEL_KEYS if k not in values]
+        if missing:
+            raise InputError(f'"model" lacks the keys {missing}; the checkpoint config is incomplete', path=source)
+        return ModelConfig.from_dict(values, str(source))
 
     def trainer_state(self) -> dict | None:
         f = self.path / TRAINER_STATE
@@ -162,6 +242,10 @@ def read_json(path: Path) -> dict:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     path = resolve(path)
     config = read_json(path / CONFIG)
+    if "model_type" in config and "model" not in config:  # a Hugging Face model folder: import it in memory
+        from pretune.model.hf import import_hf
+
+        return import_hf(path)
     weights = path / WEIGHTS
     if not weights.is_file():
         raise InputError(f"checkpoint has no {WEIGHTS}", path=path)
@@ -172,8 +256,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, config, state)
 
 
-def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path, strict: bool = True) -> list[str]:
-    """Load weights with clear errors for wrong shapes and missing keys. Returns missing keys when not strict."""
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path, strict: bool = True,
+              check_only: bool = False) -> list[str]:
+    """Load weights with clear errors for wrong shapes and missing keys. Returns missing keys when not strict.
+    `check_only`: report problems, load nothing (the caller loads, e.g. into FSDP shards)."""
     own = model.state_dict()
     wrong = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -188,5 +274,6 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Pa
         raise InputError(
             f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}", path=source
         )
-    model.load_state_dict(state, strict=False)
+    if not check_only:
+        model.load_state_dict(state, strict=False)
     return missing

@@ -63,13 +63,14 @@ def cmd_prepare(args) -> None:
 # ---- pretrain -------------------------------------------------------------------------------------------------------
 def cmd_pretrain(args) -> None:
     from pretune import distributed as dist
-    from pretune.config import load_sections, load_toml, merge
+    from pretune.config import coerce_fields, load_sections, load_toml, merge
+    from pretune.model.transformer import ModelConfig
     from pretune.pretrain import SECTIONS, pretrain
 
     sections = load_sections(args.config, args, SECTIONS)
     # [model] keys are overrides of the preset: keep only those the user gave
     values = load_toml(args.config) if args.config else {}
-    model_values = merge(values, args, SECTIONS, args.config)["model"]
+    model_values = coerce_fields(ModelConfig, merge(values, args, SECTIONS, args.config)["model"], args.config, "model")
     dist.setup()
     try:
         pretrain(sections, resume=args.resume, overwrite=args.overwrite, model_values=model_values, source=args.config)

@@ -91,8 +91,8 @@ def _coerce(value: Any, tp: Any, where: str, path) -> Any:
     raise InputError(f"{where} must be of type {getattr(base, '__name__', base)}, got {value!r}", path=path)
 
 
-def from_dict(cls: type, data: dict, path=None, section: str | None = None):
-    """Build dataclass `cls` from a dict: unknown keys get a did-you-mean, values are type-checked."""
+def coerce_fields(cls: type, data: dict, path=None, section: str | None = None) -> dict:
+    """Check a dict against dataclass `cls`: unknown keys get a did-you-mean, values are converted to field types."""
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -101,7 +101,12 @@ def from_dict(cls: type, data: dict, path=None, section: str | None = None):
         if key not in hints:
             raise InputError(f"unknown key {where!r}{_did_you_mean(key, known)}", path=path)
         kwargs[key] = _coerce(value, hints[key], where, path)
-    obj = cls(**kwargs)
+    return kwargs
+
+
+def from_dict(cls: type, data: dict, path=None, section: str | None = None):
+    """Build dataclass `cls` from a dict (see coerce_fields), then run its validate() if it has one."""
+    obj = cls(**coerce_fields(cls, data, path, section))
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate(str(path) if path is not None else None)

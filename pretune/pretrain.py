@@ -15,7 +15,8 @@ from pretune.data.corpus import TokenShards
 from pretune.errors import InputError
 from pretune.model.transformer import PRESETS, ModelConfig, describe
 from pretune.objectives import OBJECTIVES, Objective, PretrainModel, Specials, build_objective
-from pretune.train import BatchSource, TrainConfig, Trainer, seed_everything
+from pretune.train import BatchSource, TrainConfig, Trainer, label_count, seed_everything
+from pretune.vocab import extend_vocabulary, read_word_list
 
 
 @dataclass
@@ -27,10 +28,17 @@ class PretrainSection:
     max_len: int = 128
     model_size: str = field(default="base", metadata={"help": f"preset: {', '.join(PRESETS)}; [model] keys override"})
     objective: str = field(default="mlm", metadata={"help": "mlm | wwm | span | mlm+nsp | clm"})
-    mask_prob: float = 0.15
-    mask_ratio: float = 0.8
-    random_ratio: float = 0.1
+    mask_prob: float = field(default=0.15, metadata={"help": "masked objectives: share of tokens to predict"})
+    mask_ratio: float = field(default=0.8, metadata={"help": "masked objectives: share of those replaced by [MASK]"})
+    random_ratio: float = field(default=0.1, metadata={"help": "masked objectives: share replaced by a random token"})
+    span_p: float = field(default=0.2, metadata={"help": "span: p of the geometric span length (in words)"})
+    span_max: int = field(default=10, metadata={"help": "span: longest span, in words"})
+    nsp_prob: float = field(default=0.5, metadata={"help": "mlm+nsp: probability that segment B is random"})
     init_from: str | None = field(default=None, metadata={"help": "continue pretraining from this checkpoint"})
+    add_tokens: str | None = field(default=None, metadata={
+        "help": "with init_from: file of domain words (one per line) to add to the vocabulary; new embedding rows "
+                "start as the mean of the word's old pieces (prepare the shards with `pretune vocab extend`'s "
+                "tokenizer)"})
 
     def validate(self, source=None) -> PretrainSection:
         if not self.shards:
@@ -43,13 +51,22 @@ class PretrainSection:
             raise InputError(f"unknown objective {self.objective!r}; expected one of {sorted(OBJECTIVES)}", path=source)
         if self.max_len < 8:
             raise InputError(f"max_len must be >= 8, got {self.max_len}", path=source)
+        if self.add_tokens and not self.init_from:
+            raise InputError("add_tokens extends a pretrained model's vocabulary: it needs init_from", path=source)
+        taken = OBJECTIVES[self.objective].options
+        for f in fields(self):
+            if f.name in OPTION_NAMES and f.name not in taken and getattr(self, f.name) != f.default:
+                users = sorted(name for name, cls in OBJECTIVES.items() if f.name in cls.options)
+                raise InputError(f"{f.name} is an option of objective {' / '.join(users)}, not of "
+                                 f"{self.objective!r}", path=source)
         return self
 
     def objective_options(self, cls: type[Objective]) -> dict:
-        names = getattr(cls, "options", ("mask_prob", "mask_ratio", "random_ratio") if cls.name != "clm" else ())
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in names}
+        """The keyword arguments of objective class `cls`: the fields named in its `options`."""
+        return {name: getattr(self, name) for name in cls.options}
 
 
+OPTION_NAMES = {name for cls in OBJECTIVES.values() for name in cls.options}
 SECTIONS = {"pretrain": PretrainSection, "model": ModelConfig, "train": TrainConfig}
 
 
@@ -90,9 +107,9 @@ def evaluator(objective: Objective, dataset, batch_size: int, max_batches: int, 
 
     def evaluate(model) -> dict[str, float]:
         totals: dict[str, list[float]] = {}
-        gen = torch.Generator().manual_seed(seed + 7919)
         for start in range(dist.rank() * batch_size, n, batch_size * dist.world_size()):
             items = [dataset[i] for i in range(start, min(start + batch_size, n))]
+            gen = torch.Generator().manual_seed(seed + 7919 + start)  # per batch: the same under any world size
             batch = {k: v.to(device) for k, v in objective.collate(items, gen).items()}
             _, stats = objective.loss(model, batch)
             for k, (num, den) in stats.items():
@@ -109,15 +126,22 @@ def prepare_out_dir(out: Path, run_record: dict, resume: bool, overwrite: bool) 
     --overwrite."""
     record_file = out / "run.json"
     if resume:
+        if dist.is_main():
+            ck.recover_dir(out / "last")  # a crash in the middle of a checkpoint swap
+        dist.barrier()
         if not (out / "last").exists():
             raise InputError("--resume: no checkpoint to resume from (no last/ here)", path=out)
         if record_file.exists():
             old = ck.read_json(record_file)
             keep = ("max_steps", "eval_every", "save_every", "log_every", "progress", "device", "eval_batches",
-                    "stop_after")
+                    "stop_after", "batch_size", "grad_accum", "fsdp")
             def core(r):
-                return {s: {k: v for k, v in vals.items() if k not in keep} for s, vals in r.items()}
-            if core(old) != core(run_record):
+                return {s: {k: v for k, v in vals.items() if k not in keep} for s, vals in r.items() if s != "launch"}
+            # batch_size / grad_accum may change with the number of ranks; on as many ranks, the global batch may not
+            launch_old, launch_new = old.get("launch", {}), run_record.get("launch", {})
+            same_world = launch_old.get("world_size", 1) == launch_new.get("world_size", 1)
+            batch_changed = launch_old.get("global_batch") not in (None, launch_new.get("global_batch"))
+            if core(old) != core(run_record) or (same_world and batch_changed):
                 raise InputError("--resume: this directory holds a run with a different config; "
                                  "use the same config (only max_steps and logging may change) or another --out",
                                  path=out)
@@ -146,30 +170,42 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     from pretune.tokenizer import PretuneTokenizer
 
     tok = PretuneTokenizer.load(tok_source / ck.TOKENIZER)
-    shard_hash = train_shards.meta.get("tokenizer_sha256")
-    if shard_hash and shard_hash != _tokenizer_hash(tok):
-        raise InputError("the shards were made with another tokenizer than the one this run uses "
-                         f"({tok_source / ck.TOKENIZER}); run `pretune prepare` with it", path=shards_dir)
     objective_cls = OBJECTIVES[sec.objective]
-    specials = Specials.from_tokenizer(tok)
-    objective = build_objective(sec.objective, specials, **sec.objective_options(objective_cls))
+    objective = build_objective(sec.objective, Specials.from_tokenizer(tok), **sec.objective_options(objective_cls))
     if init is not None:
-        cfg = ModelConfig.from_dict(init.config["model"], str(init.path / ck.CONFIG))
-        if objective.causal != cfg.causal:
-            raise InputError(f"objective {sec.objective!r} needs a {'causal' if objective.causal else 'bidirectional'}"
-                             " model, and the checkpoint's is not", path=init.path)
+        cfg = init.model_config()
+        objective.check_model(cfg, init.path)
         if sec.max_len > cfg.max_positions:
             raise InputError(f"max_len {sec.max_len} is beyond the checkpoint's {cfg.max_positions} positions",
                              path=source)
     else:
         cfg = build_model_config(sec, model_values or {}, tok, objective, source)
+        objective.check_model(cfg, source)
     model = PretrainModel(cfg, objective.heads(cfg))
     if init is not None:
         own = {k for k in model.state_dict()}
         state = {k: v for k, v in init.state_dict.items() if k in own}
         ck.load_into(model, state, init.path, strict=False)
+        if sec.add_tokens:
+            old_size = tok.vocab_size
+            cfg = extend_vocabulary(model, tok, read_word_list(sec.add_tokens))
+            objective = build_objective(sec.objective, Specials.from_tokenizer(tok),
+                                        **sec.objective_options(objective_cls))
+            if dist.is_main():
+                print(f"vocabulary: {tok.vocab_size - old_size} tokens added from {sec.add_tokens} "
+                      f"({tok.vocab_size} in all)")
+    shard_hash = train_shards.meta.get("tokenizer_sha256")
+    if shard_hash and shard_hash != _tokenizer_hash(tok):
+        if sec.add_tokens:
+            raise InputError("the shards were not made with this run's tokenizer (the checkpoint's, extended with "
+                             f"{sec.add_tokens}); write it with `pretune vocab extend {init.path} {sec.add_tokens} "
+                             "--out TOKENIZER` and run `pretune prepare` with it", path=shards_dir)
+        raise InputError("the shards were made with another tokenizer than the one this run uses "
+                         f"({tok_source / ck.TOKENIZER}); run `pretune prepare` with it", path=shards_dir)
     out = Path(sec.out)
     run_record = {name: asdict(obj) for name, obj in sections.items()}
+    run_record["launch"] = {"world_size": dist.world_size(),
+                            "global_batch": tcfg.batch_size * tcfg.grad_accum * dist.world_size()}
     prepare_out_dir(out, run_record, resume, overwrite)
     if dist.is_main():
         ck.write_json(out / "run.json", run_record)
@@ -185,6 +221,7 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
         save_model=save,
         model_config=cfg.to_dict(),
         summarize=objective.summarize,
+        loss_weight=getattr(objective, "loss_weight", label_count),  # masked tokens: the unit the loss averages
     )
     trainer.evaluate_fn = evaluator(objective, val_data, tcfg.batch_size, tcfg.eval_batches, tcfg.seed, trainer.device)
     result = trainer.fit(resume=resume)

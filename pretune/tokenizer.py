@@ -155,6 +155,11 @@ class PretuneTokenizer:
         from the vocabulary: lowercase when no non-special token has an ASCII capital letter.
         """
         p = Path(path)
+        hf_dir = p if p.is_dir() else p.parent
+        if (p.is_dir() or p.name in ("tokenizer.json", "vocab.txt")) and _is_hf_folder(hf_dir):
+            from pretune.model.hf import load_hf_tokenizer  # built as transformers' AutoTokenizer builds it
+
+            return load_hf_tokenizer(hf_dir)
         if p.is_dir():
             if (p / "tokenizer.json").is_file():
                 p = p / "tokenizer.json"
@@ -184,9 +189,18 @@ def _read_tokenizer_json(path: Path) -> Tokenizer:
             f"invalid JSON ({e.msg}); expected a tokenizers tokenizer.json", path=path, line=e.lineno
         ) from e
     try:
-        return Tokenizer.from_str(text)
+        tok = Tokenizer.from_str(text)
     except Exception as e:  # the Rust side raises a bare Exception
         raise InputError(f"not a tokenizers tokenizer.json: {e}", path=path) from e
+    tok.no_truncation()  # Hugging Face files may carry truncation / fixed padding; pretune frames sequences itself
+    tok.no_padding()
+    return tok
+
+
+def _is_hf_folder(path: Path) -> bool:
+    from pretune.model.hf import is_hf_folder
+
+    return is_hf_folder(path)
 
 
 def _read_vocab_txt(path: Path, lowercase: bool | None) -> Tokenizer:

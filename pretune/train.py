@@ -13,6 +13,7 @@ import json
 import math
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from pretune import distributed as dist
-from pretune.checkpoint import load_checkpoint, load_into, write_dir_atomic
+from pretune.checkpoint import load_checkpoint, load_into, recover_dir, write_dir_atomic
 from pretune.errors import InputError
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -60,6 +61,8 @@ class TrainConfig:
     stop_after: int | None = field(default=None, metadata={
         "help": "end this invocation after this step (checkpoint saved); --resume continues on max_steps' schedule"})
     compile: bool = False
+    fsdp: bool = field(default=False, metadata={
+        "help": "under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP"})
 
     def validate(self, source: str | None = None) -> TrainConfig:
         def bad(msg):
@@ -140,10 +143,14 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 class BatchSource:
-    """Endless, resumable batches. Epoch e visits `plan(e)` (lists of item indices); the state is (epoch, position),
-    and the randomness of batch b (masking, ...) comes from a generator seeded by (seed, epoch, position), so a
-    resumed run sees exactly the batches an uninterrupted one would. Under torch.distributed each rank takes its own
-    slice of every global batch."""
+    """Endless, resumable global batches. Epoch e visits `plan(e)` (lists of item indices, one list per global batch
+    of batch_size x world items); the randomness of batch b (masking, ...) comes from a generator seeded by (seed,
+    epoch, position), so a resumed run sees exactly the batches an uninterrupted one would.
+
+    Under torch.distributed every rank collates the whole global batch with the same generator and keeps its rows
+    (`local`): the masking does not depend on how many ranks share the batch, so N ranks train exactly as one
+    process with N times the batch. Collated tensors must be batch-first. The state counts items, so a checkpoint
+    written under N ranks resumes under M (the rest of the epoch is cut into the new global batches)."""
 
     def __init__(
         self,
@@ -158,35 +165,80 @@ class BatchSource:
         self.rank, self.world = dist.rank(), dist.world_size()
         self.global_batch = batch_size * self.world
         self.plan = plan or self.default_plan
-        self.epoch, self.position = 0, 0
+        self.custom_plan = plan is not None
+        self.epoch, self.position, self.offset = 0, 0, 0
         self._batches = self.plan(0)
         if not self._batches:
             raise InputError(f"not enough data for one batch of {self.global_batch} (have {len(dataset)} items)")
 
-    def default_plan(self, epoch: int) -> list[list[int]]:
+    def default_plan(self, epoch: int, start: int = 0) -> list[list[int]]:
         n = len(self.dataset)
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-        if n < self.global_batch:  # a tiny dataset: one (smaller) batch rather than none
-            return [order.tolist()] if n >= self.world else []
+        order = order[start:]
+        if len(order) < self.global_batch:  # a tiny dataset: one (smaller) batch rather than none
+            return [order.tolist()] if len(order) >= self.world and start == 0 else []
         g = self.global_batch
-        return [order[i : i + g].tolist() for i in range(0, n - g + 1, g)]
+        return [order[i : i + g].tolist() for i in range(0, len(order) - g + 1, g)]
 
-    def __next__(self) -> dict:
-        if self.position >= len(self._batches):
-            self.epoch, self.position = self.epoch + 1, 0
+    def _plan_from(self, epoch: int, start: int) -> list[list[int]]:
+        """The batches of `epoch` after its first `start` items (a custom plan skips whole batches)."""
+        if start == 0:
+            return self.plan(epoch)
+        if not self.custom_plan:
+            return self.default_plan(epoch, start)
+        batches, seen = self.plan(epoch), 0
+        while batches and seen < start:
+            seen += len(batches.pop(0))
+        return batches
+
+    def next_global(self) -> dict:
+        """The next whole global batch, collated (the same on every rank)."""
+        while self.position >= len(self._batches):
+            self.epoch, self.position, self.offset = self.epoch + 1, 0, 0
             self._batches = self.plan(self.epoch)
-        indices = self._batches[self.position][self.rank :: self.world]
-        seed = int(np.random.SeedSequence([self.seed, self.epoch, self.position]).generate_state(1)[0])
+        indices = self._batches[self.position]
+        key = [self.seed, self.epoch, self.position] + ([self.offset] if self.offset else [])
+        seed = int(np.random.SeedSequence(key).generate_state(1)[0])
         gen = torch.Generator().manual_seed(seed)
         self.position += 1
         return self.collate([self.dataset[i] for i in indices], gen)
 
+    def local(self, batch: dict) -> dict:
+        """This rank's rows of a global batch (rows rank, rank + world, ...)."""
+        if self.world == 1:
+            return batch
+        n = batch["input_ids"].shape[0]
+        return {k: v[self.rank :: self.world] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
+                for k, v in batch.items()}
+
+    def __next__(self) -> dict:
+        return self.local(self.next_global())
+
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        items = self.offset + sum(len(b) for b in self._batches[: self.position])
+        return {"epoch": self.epoch, "position": self.position, "offset": self.offset, "items": items,
+                "global_batch": self.global_batch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._batches = self.plan(self.epoch)
+        self.epoch = int(state["epoch"])
+        if int(state.get("global_batch", self.global_batch)) == self.global_batch:
+            self.offset, self.position = int(state.get("offset", 0)), int(state["position"])
+        else:  # another world size or batch size: continue after the items already seen this epoch
+            self.offset, self.position = int(state["items"]), 0
+        self._batches = self._plan_from(self.epoch, self.offset)
+
+
+def label_count(batch: dict) -> float:
+    """Loss weight of a batch whose loss is a mean over `labels` != -100 (rows when there is no `labels`)."""
+    labels = batch.get("labels")
+    if isinstance(labels, torch.Tensor):
+        return float((labels != -100).sum())
+    return float(batch["input_ids"].shape[0])
+
+
+def row_count(batch: dict) -> float:
+    """Loss weight of a batch whose loss is a mean over its rows."""
+    return float(batch["input_ids"].shape[0])
 
 
 def move(batch: dict, device: torch.device) -> dict:
@@ -209,7 +261,13 @@ class Trainer:
     """Runs `cfg.max_steps` optimizer steps of `loss_fn` over `batches`, evaluating, logging and checkpointing.
 
     Files under `out_dir`: metrics.jsonl, last/ (resumable: weights + optimizer + trainer state), best/ (when early
-    stopping tracks a metric) and model/ (the final model: best if tracked, else last)."""
+    stopping tracks a metric) and model/ (the final model: best if tracked, else last).
+
+    The loss of a step is the mean over its whole global batch (all micro-batches, all ranks): each micro-batch's
+    loss is weighted by `loss_weight(batch)` / the global batch's total weight. With `loss_weight` counting what the
+    loss averages over (masked tokens for MLM: `label_count`), N ranks compute exactly the gradient one process
+    computes on the same global batch. `save_model(dir, model)` must read weights through `model.state_dict()`
+    (as `checkpoint.save_weights` does): under FSDP it is handed a view holding the gathered full weights."""
 
     def __init__(
         self,
@@ -225,6 +283,7 @@ class Trainer:
         groups: list[dict] | None = None,
         early_stopping: EarlyStopping | None = None,
         summarize: Callable[[dict], dict] | None = None,
+        loss_weight: Callable[[dict], float] = row_count,
     ):
         self.cfg, self.out = cfg, Path(out_dir)
         self.device = resolve_device(cfg.device)
@@ -232,21 +291,27 @@ class Trainer:
         self.model = model.to(self.device)
         self.batches, self.loss_fn, self.save_model = batches, loss_fn, save_model
         self.model_config, self.evaluate_fn = model_config, evaluate
-        self.early = early_stopping
+        self.early, self.loss_weight = early_stopping, loss_weight
         self.summarize = summarize or (lambda totals: {k: n / max(d, 1e-12) for k, (n, d) in totals.items()})
         groups = groups or param_groups(model, cfg.weight_decay, cfg.lr)
-        for g in groups:
-            g["initial_lr"] = g["lr"]
-        fused = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        self.loss_module = dist.LossModule(self.model, loss_fn)
+        self.train_model = dist.wrap(self.loss_module, self.device, fsdp=cfg.fsdp)  # FSDP2 swaps the parameters
+        params = dict(self.model.named_parameters())
+        groups = [{**g, "params": [params[names[id(p)]] for p in g["params"]], "initial_lr": g["lr"]} for g in groups]
+        fused = self.device.type == "cuda" and not dist.is_fsdp(self.train_model)
+        fast = {"fused": True} if fused else {"foreach": True}
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                                           **fused)
+                                           **fast)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        self.train_model = dist.wrap(self.model, self.device)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
+        if dist.world_size() > 1:  # decorrelated dropout per rank (the model is already initialised: DDP/FSDP sync it)
+            torch.manual_seed(_rank_seed(cfg.seed, 0))
         self.step, self.best, self.bad_evals, self.skipped = 0, None, 0, 0
         self.history: list[dict] = []
-        self._stop_signal: int | None = None
+        self._stop_signal: int | None = None  # a signal this process received
+        self._stopping = False  # some rank received one: every rank checkpoints and stops after this step
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def trainer_state(self) -> dict:
@@ -261,38 +326,53 @@ class Trainer:
         }
 
     def save(self, name: str, with_optimizer: bool) -> None:
-        if not dist.is_main():
-            return
+        """Write out_dir/name atomically from rank 0. Every rank calls it (FSDP gathers the shards collectively)."""
+        weights = dist.full_state_dict(self.loss_module)
         opt = None
         if with_optimizer:
             opt = {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": dist.optimizer_state(self.loss_module, self.optimizer),
                 "scheduler": self.scheduler.state_dict(),
                 "rng_torch": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             }
-        state = self.trainer_state()
+        if dist.is_main():
+            state = self.trainer_state()
+            model = dist.StateView(self.model, weights) if dist.is_fsdp(self.train_model) else self.model
 
-        def fill(tmp: Path) -> None:
-            self.save_model(tmp, self.model)
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-            if opt is not None:
-                torch.save(opt, tmp / "optimizer.pt")
+            def fill(tmp: Path) -> None:
+                self.save_model(tmp, model)
+                (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+                if opt is not None:
+                    torch.save(opt, tmp / "optimizer.pt")
 
-        write_dir_atomic(self.out / name, fill)
+            write_dir_atomic(self.out / name, fill)
+        dist.barrier()  # no rank runs ahead (or exits) before the checkpoint is in place
 
     def resume(self) -> None:
+        if dist.is_main():
+            recover_dir(self.out / "last")
+        dist.barrier()
         ckpt = load_checkpoint(self.out / "last")
-        load_into(self.model, ckpt.state_dict, ckpt.path)
         state, opt = ckpt.trainer_state(), ckpt.optimizer_state()
         if state is None or opt is None:
             raise InputError("cannot resume: the checkpoint has no trainer state", path=ckpt.path)
-        self.optimizer.load_state_dict(opt["optimizer"])
-        self.scheduler.load_state_dict(opt["scheduler"])
-        torch.set_rng_state(opt["rng_torch"])
-        if opt.get("rng_cuda") and torch.cuda.is_available() and dist.world_size() == state.get("world_size", 1):
-            torch.cuda.set_rng_state_all(opt["rng_cuda"])
+        load_into(self.model, ckpt.state_dict, ckpt.path, check_only=dist.is_fsdp(self.train_model))
+        if dist.is_fsdp(self.train_model):
+            dist.load_full_state_dict(self.loss_module, ckpt.state_dict)
+        try:
+            dist.load_optimizer_state(self.loss_module, self.optimizer, opt["optimizer"])
+            self.scheduler.load_state_dict(opt["scheduler"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise InputError(f"cannot resume: the optimizer state does not fit this model ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})", path=ckpt.path / "optimizer.pt") from None
         self.step = int(state["step"])
+        if dist.world_size() == 1:
+            torch.set_rng_state(opt["rng_torch"])
+            if opt.get("rng_cuda") and torch.cuda.is_available() and state.get("world_size", 1) == 1:
+                torch.cuda.set_rng_state_all(opt["rng_cuda"])
+        else:  # one saved generator cannot serve every rank: derive each rank's from the step
+            torch.manual_seed(_rank_seed(self.cfg.seed, self.step))
         self.batches.load_state_dict(state["batches"])
         self.best, self.bad_evals = state.get("best"), int(state.get("bad_evals", 0))
         self.skipped = int(state.get("skipped_batches", 0))
@@ -316,8 +396,12 @@ class Trainer:
     def log(self, record: dict) -> None:
         self.history.append(record)
         if dist.is_main():
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            path = self.out / "metrics.jsonl"
+            try:
+                with open(path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:
+                raise InputError(f"cannot write the metrics log: {e.strerror or e}", path=path) from None
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -327,7 +411,8 @@ class Trainer:
         if self.evaluate_fn is None:
             return None
         self.model.eval()
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with (torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
+              dist.unsharded(self.train_model)):
             metrics = self.evaluate_fn(self.model)
         self.model.train()
         return metrics
@@ -367,8 +452,11 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     dt = time.perf_counter() - t0
                     rec = {"step": self.step, "split": "train", "loss": loss_value,
-                           "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(dt, 1e-9)}
+                           "lr": self.scheduler.get_last_lr()[0],
+                           "tokens_per_s": dist.all_reduce_sum([tokens])[0] / max(dt, 1e-9)}
                     rec.update(self.summarize(dist.all_reduce_totals(totals)))
+                    if self.skipped:
+                        rec["skipped_batches"] = self.skipped
                     self.log(rec)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
@@ -387,13 +475,16 @@ class Trainer:
                                 self.bad_evals += 1
                                 if self.early.patience is not None and self.bad_evals >= self.early.patience:
                                     stopped_early = True
-                if (self.step % cfg.save_every == 0 or self._stop_signal is not None or stopped_early
-                        or self.step == end):
+                if self.step % cfg.save_every == 0 or self._stopping or stopped_early or self.step == end:
                     self.save("last", with_optimizer=True)
-                if self._stop_signal is not None:
-                    name = signal.Signals(self._stop_signal).name
-                    if bar is not None:
-                        bar.write(f"{name}: checkpoint saved at step {self.step} in {self.out / 'last'}; exiting")
+                if self._stopping:
+                    name = signal.Signals(self._stop_signal or signal.SIGTERM).name
+                    if dist.is_main():
+                        msg = f"{name}: checkpoint saved at step {self.step} in {self.out / 'last'}; exiting"
+                        if bar is not None:
+                            bar.write(msg)
+                        else:
+                            print(msg, file=sys.stderr)
                     raise KeyboardInterrupt(name)
                 if stopped_early:
                     if bar is not None:
@@ -410,48 +501,63 @@ class Trainer:
 
     def finish(self) -> None:
         """model/ := best/ if early stopping tracked a metric, else the final weights."""
-        if not dist.is_main():
-            return
         source = self.out / "best" if self.early is not None and (self.out / "best").exists() else None
+        weights = dist.full_state_dict(self.loss_module) if source is None else None
+        if dist.is_main():
+            model = dist.StateView(self.model, weights) if dist.is_fsdp(self.train_model) else self.model
 
-        def fill(tmp: Path) -> None:
-            if source is not None:
-                for f in source.iterdir():
-                    if f.name != "trainer_state.json":
-                        (tmp / f.name).write_bytes(f.read_bytes())
-            else:
-                self.save_model(tmp, self.model)
+            def fill(tmp: Path) -> None:
+                if source is not None:
+                    for f in source.iterdir():
+                        if f.name != "trainer_state.json":
+                            (tmp / f.name).write_bytes(f.read_bytes())
+                else:
+                    self.save_model(tmp, model)
 
-        write_dir_atomic(self.out / "model", fill)
+            write_dir_atomic(self.out / "model", fill)
+        dist.barrier()
 
     def _train_step(self, totals: dict) -> float:
-        cfg = self.cfg
+        """One optimizer step over grad_accum global micro-batches; returns the step's loss over the global batch."""
+        cfg, world = self.cfg, dist.world_size()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, self._step_tokens = 0.0, 0
-        for micro in range(cfg.grad_accum):
-            batch = move(next(self.batches), self.device)
+        micro_batches = [self.batches.next_global() for _ in range(cfg.grad_accum)]
+        total_weight = sum(self.loss_weight(b) for b in micro_batches) or 1.0
+        loss_value, self._step_tokens = 0.0, 0
+        for micro, global_batch in enumerate(micro_batches):
+            local = self.batches.local(global_batch)
+            weight = self.loss_weight(local) / total_weight  # this micro-batch's share of the global mean
+            batch = move(local, self.device)
             self._step_tokens += count_tokens(batch)
-            sync = micro == cfg.grad_accum - 1
-            with dist.maybe_no_sync(self.train_model, sync):
+            with dist.maybe_no_sync(self.train_model, micro == cfg.grad_accum - 1):
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                    loss, stats = self.loss_fn(self.train_model, batch)
-                (loss / cfg.grad_accum).backward()
-            loss_sum += float(loss.detach())
+                    loss, stats = self.train_model(batch)
+                (loss * (weight * world)).backward()  # DDP / FSDP average over ranks: x world makes it a sum
+            loss_value += float(loss.detach()) * weight
             for k, (num, den) in stats.items():
                 acc = totals.setdefault(k, [0.0, 0.0])
                 acc[0] += float(num)
                 acc[1] += float(den)
-        loss_value = loss_sum / cfg.grad_accum
-        if not math.isfinite(loss_value) or not dist.all_finite(loss_value, self.device):
+        # summed over ranks: the global loss, and whether any rank got SIGINT/SIGTERM (all then stop at this step)
+        loss_value, signals = dist.all_reduce_sum([loss_value, float(self._stop_signal is not None)])
+        self._stopping = signals > 0
+        problem = None if math.isfinite(loss_value) else f"loss is {loss_value}"
+        if problem is None and cfg.clip_norm > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm))
+            problem = None if math.isfinite(norm) else f"gradient norm is {norm}"
+        if problem is not None:
             if cfg.on_nan == "skip":
                 self.skipped += 1
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 return loss_value
-            raise TrainingError(f"loss is {loss_value} at step {self.step + 1}; lower the learning rate, "
-                                f"check the data, or set on_nan = \"skip\"")
-        if cfg.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+            raise TrainingError(f"{problem} at step {self.step + 1}; lower the learning rate, check the data, "
+                                f"or set on_nan = \"skip\" to skip such batches")
         self.optimizer.step()
         self.scheduler.step()
         return loss_value
+
+
+def _rank_seed(seed: int, step: int) -> int:
+    """A torch seed per (seed, rank, step): dropout differs across ranks and stays reproducible on resume."""
+    return int(np.random.SeedSequence([seed, dist.rank(), step]).generate_state(1)[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretune.model.transformer import ModelConfig, activation_fn
+from pretune.model.transformer import ModelConfig, activation_fn, init_weights
 
 
 class MLMHead(nn.Module):
@@ -36,3 +36,126 @@ class Pooler(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))
+
+
+# ---- fine-tuning heads (task models: state-dict keys head.*) ------------------------------------------------------
+
+
+class ClassificationHead(nn.Module):
+    """BERT's sequence classifier: `pooler.dense` + tanh -> dropout -> `classifier` ([B, T, H] -> [B, K]).
+
+    The pooled position is [CLS] (0) by default; `positions` [B] picks another one (a causal body pools its last token).
+    Used for classify and pair."""
+
+    def __init__(self, cfg: ModelConfig, num_labels: int):
+        super().__init__()
+        self.pooler = Pooler(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(cfg.hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        if positions is not None:
+            hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions].unsqueeze(1)  # [B, 1, H]
+        return self.classifier(self.dropout(self.pooler(hidden)))  # [B, K]
+
+
+class TokenClassificationHead(nn.Module):
+    """dropout -> `classifier` per token ([B, T, H] -> [B, T, K] emission scores), plus an optional `crf`.
+
+    With `crf` and BIO `labels`, the CRF forbids invalid moves (I-X after O or after another type, I-X first)."""
+
+    def __init__(self, cfg: ModelConfig, num_labels: int, crf: bool = False, labels: list[str] | None = None):
+        super().__init__()
+        from pretune.model.crf import CRF, bio_constraints
+
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(cfg.hidden_size, num_labels)
+        self.crf = None
+        if crf:
+            allowed_start, allowed = bio_constraints(labels) if labels is not None else (None, None)
+            self.crf = CRF(num_labels, allowed_transitions=allowed, allowed_start=allowed_start)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(hidden))  # [B, T, K]
+
+
+class SpanHead(nn.Module):
+    """Span classifier over candidate spans (label 0 = NULL, not an entity).
+
+    A span from subword i to subword j (inclusive) is [h_i; h_j; attention-pooled h_i..h_j; width embedding]
+    -> `dense` -> activation -> dropout -> `classifier`: [B, T, H] + [B, S, 2] -> [B, S, K]. The pooling
+    weights come from a learned score per token (`attention`), normalised over the tokens inside each span."""
+
+    def __init__(self, cfg: ModelConfig, num_labels: int, max_span_width: int = 8, width_dim: int = 32):
+        super().__init__()
+        H = cfg.hidden_size
+        self.max_span_width = max_span_width
+        self.attention = nn.Linear(H, 1)
+        self.width = nn.Embedding(max_span_width + 1, width_dim)
+        self.dense = nn.Linear(3 * H + width_dim, H)
+        self.act = activation_fn(cfg.activation)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(H, num_labels)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,  # [B, T, H]
+        span_index: torch.Tensor,  # [B, S, 2] first and last subword position of each span (inclusive)
+        span_width: torch.Tensor | None = None,  # [B, S] width in words (default: in subwords)
+    ) -> torch.Tensor:
+        B, T, H = hidden.shape
+        start, end = span_index[..., 0], span_index[..., 1]  # [B, S]
+        h_start = hidden.gather(1, start.unsqueeze(-1).expand(-1, -1, H))  # [B, S, H]
+        h_end = hidden.gather(1, end.unsqueeze(-1).expand(-1, -1, H))
+        pos = torch.arange(T, device=hidden.device)
+        inside = (pos >= start.unsqueeze(-1)) & (pos <= end.unsqueeze(-1))  # [B, S, T]
+        scores = self.attention(hidden).squeeze(-1).float()  # [B, T]
+        weights = scores.unsqueeze(1).masked_fill(~inside, float("-inf")).softmax(-1)  # [B, S, T]
+        pooled = torch.bmm(weights.to(hidden.dtype), hidden)  # [B, S, H]
+        if span_width is None:
+            span_width = end - start + 1
+        width = self.width(span_width.clamp(0, self.max_span_width))  # [B, S, W]
+        x = torch.cat([h_start, h_end, pooled, width.to(hidden.dtype)], dim=-1)
+        return self.classifier(self.dropout(self.act(self.dense(self.dropout(x)))))  # [B, S, K]
+
+
+class SBOHead(nn.Module):
+    """SpanBERT's span boundary objective: predict span token i of span [s, e] from the states just outside the span
+    and i's offset inside it: [h(s-1); h(e+1); p(i-s)] -> Linear(3H, H) -> GELU -> LN -> Linear(H, H) -> GELU -> LN
+    -> decoder tied to the input embeddings (+ bias). Offsets beyond `max_span_tokens - 1` share the last embedding."""
+
+    def __init__(self, cfg: ModelConfig, max_span_tokens: int = 32):
+        super().__init__()
+        H = cfg.hidden_size
+        self.max_span_tokens = max_span_tokens
+        self.position = nn.Embedding(max_span_tokens, H)
+        self.mlp = nn.Sequential(
+            nn.Linear(3 * H, H), nn.GELU(), nn.LayerNorm(H, eps=cfg.layer_norm_eps),
+            nn.Linear(H, H), nn.GELU(), nn.LayerNorm(H, eps=cfg.layer_norm_eps),
+        )
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.apply(init_weights)
+
+    def forward(
+        self,
+        left: torch.Tensor,  # [N, H] state of the token before each target's span
+        right: torch.Tensor,  # [N, H] state of the token after it
+        offset: torch.Tensor,  # [N] position of the target inside its span, from 0
+        embedding_weight: torch.Tensor,  # [V, H]
+    ) -> torch.Tensor:  # [N, V]
+        p = self.position(offset.clamp(0, self.max_span_tokens - 1))
+        h = self.mlp(torch.cat([left, right, p], dim=-1))
+        return nn.functional.linear(h, embedding_weight, self.bias)
+
+
+class NSPHead(nn.Module):
+    """BERT's next-sentence head: tanh pooler on [CLS] -> Linear(H, 2) ([B, T, H] -> [B, 2]; class 1 = B is random)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.pooler = Pooler(cfg)
+        self.classifier = nn.Linear(cfg.hidden_size, 2)
+        self.apply(init_weights)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pooler(hidden))

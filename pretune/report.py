@@ -1,0 +1,434 @@
+"""The run report: one self-contained report.html (plots are matplotlib PNGs embedded as base64) and a terminal table.
+
+`write_report` takes plain data (the pipeline gathers it from the run directory), so a report can be rebuilt from the
+files of a finished run. Sections, each an element with a fixed id: config, data, pretraining, finetuning, results,
+label-efficiency (when swept), errors (confusion matrix or per-entity table), examples.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODELS = ("pretrained", "baseline")  # display order; the gain is pretrained - baseline
+COLORS = {"pretrained": "#1f77b4", "baseline": "#d62728"}
+HEADLINE_KEYS = ("accuracy", "macro_f1", "micro_f1", "f1", "precision", "recall")
+
+
+@dataclass
+class ReportData:
+    """Everything the report shows. Curves are metrics.jsonl records ({"step", "split", ...})."""
+
+    title: str
+    summary: dict  # as written to summary.json (see pipeline.build_summary)
+    config_text: str
+    pretrain_log: list[dict] = field(default_factory=list)
+    finetune_logs: dict[str, list[dict]] = field(default_factory=dict)  # model name -> records
+    test_reports: dict[str, dict] = field(default_factory=dict)  # model name -> metrics report (confusion, ...)
+    examples: list[dict] = field(default_factory=list)  # {"text", "gold", "predictions": {model: label}, "html"}
+
+
+# ---- numbers ----------------------------------------------------------------------------------------------------
+def headline_metrics(report: dict) -> dict[str, float]:
+    """The scalar scores of a test report, in a fixed order (classification: accuracy, macro-F1, ...)."""
+    return {k: float(report[k]) for k in HEADLINE_KEYS if isinstance(report.get(k), (int, float))}
+
+
+def gains(reports: dict[str, dict]) -> dict[str, float]:
+    """pretrained - baseline for every headline metric both have."""
+    if not all(m in reports for m in MODELS):
+        return {}
+    a, b = headline_metrics(reports["pretrained"]), headline_metrics(reports["baseline"])
+    return {k: a[k] - b[k] for k in a if k in b}
+
+
+def format_summary(summary: dict) -> str:
+    """The terminal table: test metrics of the pretrained model and the baseline side by side, with the gain."""
+    models = summary.get("models", {})
+    names = [m for m in MODELS if m in models]
+    if not names:
+        return "no models were evaluated"
+    keys = [k for k in HEADLINE_KEYS if any(k in models[m].get("test", {}) for m in names)]
+    has_gain = len(names) == 2
+    width = max(len(k) for k in [*keys, "metric", "labels used"])
+    header = f"{'metric':<{width}}  " + "  ".join(f"{m:>10}" for m in names) + ("  " + f"{'gain':>8}" if has_gain else "")
+    lines = [f"test set ({summary.get('task', '?')}, {summary.get('test_size', '?')} examples)", header,
+             "-" * len(header)]
+    for k in keys:
+        vals = [models[m].get("test", {}).get(k) for m in names]
+        row = f"{k:<{width}}  " + "  ".join(f"{v:>10.4f}" if v is not None else f"{'-':>10}" for v in vals)
+        if has_gain and None not in vals:
+            row += f"  {vals[0] - vals[1]:>+8.4f}"
+        lines.append(row)
+    n_train = [models[m].get("n_train") for m in names]
+    lines.append(f"{'labels used':<{width}}  " + "  ".join(f"{n if n is not None else '-':>10}" for n in n_train))
+    for point in summary.get("sweep", []):
+        cells = [point.get(m, {}).get(summary.get("sweep_metric", ""), None) for m in names]
+        text = "  ".join(f"{v:>10.4f}" if v is not None else f"{'-':>10}" for v in cells)
+        lines.append(f"{'sweep ' + _percent(point['fraction']):<{width}}  {text}   ({point.get('n_train', '?')} labels, "
+                     f"{summary.get('sweep_metric', '')})")
+    return "\n".join(lines)
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:g}%"
+
+
+# ---- plots ------------------------------------------------------------------------------------------------------
+def _figure(ncols: int = 1, width: float = 5.2, height: float = 3.4):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _png(fig) -> str:
+    """An <img> holding the figure as a base64 PNG (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="plot" src="data:image/png;base64,{data}">'
+
+
+def _series(records: list[dict], split: str, key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in records if r.get("split") == split and isinstance(r.get(key), (int, float))
+           and math.isfinite(r[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _validation_keys(records: list[dict]) -> list[str]:
+    keys: list[str] = []
+    for r in records:
+        if r.get("split") == "validation":
+            keys += [k for k, v in r.items() if k not in ("step", "split") and isinstance(v, (int, float))
+                     and k not in keys]
+    return keys
+
+
+def pretraining_plot(records: list[dict]) -> str | None:
+    """Train and validation loss (left), validation accuracy of the objective (right)."""
+    steps, loss = _series(records, "train", "loss")
+    if not steps:
+        return None
+    val_keys = _validation_keys(records)
+    loss_keys = [k for k in val_keys if k.endswith("_loss")]
+    acc_keys = [k for k in val_keys if k.endswith("_accuracy")]
+    fig, axes = _figure(2 if acc_keys else 1)
+    ax = axes[0]
+    ax.plot(steps, loss, label="train loss", color="#7f7f7f", lw=1.2)
+    for k in loss_keys:
+        ax.plot(*_series(records, "validation", k), "o-", ms=3, label=f"validation {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title("pretraining loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if acc_keys:
+        ax = axes[1]
+        for k in acc_keys:
+            ax.plot(*_series(records, "validation", k), "o-", ms=3, label=k)
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy")
+        ax.set_title("validation: masked-token accuracy" if "mlm_accuracy" in acc_keys else "validation accuracy")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def finetuning_plot(logs: dict[str, list[dict]], metric: str) -> str | None:
+    """Training loss (left) and the validation metric (right) of the pretrained model and the baseline."""
+    names = [m for m in MODELS if logs.get(m)] + [m for m in logs if m not in MODELS and logs[m]]
+    if not names:
+        return None
+    fig, (left, right) = _figure(2)
+    for name in names:
+        color = COLORS.get(name)
+        left.plot(*_series(logs[name], "train", "loss"), label=name, color=color, lw=1.2)
+        right.plot(*_series(logs[name], "validation", metric), "o-", ms=3, label=name, color=color)
+    left.set_title("fine-tuning: training loss")
+    left.set_ylabel("loss")
+    right.set_title(f"fine-tuning: validation {metric}")
+    right.set_ylabel(metric)
+    for ax in (left, right):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def sweep_plot(points: list[dict], metric: str) -> str | None:
+    """Test metric against the number of labels used (log scale), one line per model."""
+    if not points:
+        return None
+    fig, (ax,) = _figure(1, width=6.0, height=3.8)
+    for name in MODELS:
+        pts = sorted((p["n_train"], p[name][metric]) for p in points if metric in p.get(name, {}))
+        if pts:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", label=name, color=COLORS[name])
+    ax.set_xscale("log")
+    ax.set_xlabel("labeled training examples (log scale)")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title("label efficiency")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    for p in points:
+        ax.annotate(_percent(p["fraction"]), (p["n_train"], ax.get_ylim()[0]), fontsize=7, ha="center",
+                    va="bottom", color="#555")
+    return _png(fig)
+
+
+def confusion_plot(reports: dict[str, dict]) -> str | None:
+    """Row-normalised confusion matrices (true label per row), one panel per model."""
+    names = [m for m in MODELS if "confusion" in reports.get(m, {})]
+    if not names:
+        return None
+    import numpy as np
+
+    labels = reports[names[0]]["labels"]
+    k = len(labels)
+    side = min(9.0, max(3.6, 0.28 * k + 2.0))
+    fig, axes = _figure(len(names), width=side + 0.6, height=side)
+    short = short_labels(labels)
+    for ax, name in zip(axes, names, strict=True):
+        m = np.asarray(reports[name]["confusion"], dtype=float)  # [K_true, K_pred]
+        rows = m.sum(axis=1, keepdims=True)
+        norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(k), short, rotation=90, fontsize=7 if k > 12 else 9)
+        ax.set_yticks(range(k), short, fontsize=7 if k > 12 else 9)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{name} (accuracy {reports[name].get('accuracy', 0):.3f})")
+        if k <= 12:
+            for i in range(k):
+                for j in range(k):
+                    if m[i, j]:
+                        ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=8,
+                                color="white" if norm[i, j] > 0.5 else "black")
+    return _png(fig)
+
+
+def short_labels(labels: list[str]) -> list[str]:
+    """Drop a dotted prefix that every label shares: ['noun.act', 'noun.animal'] -> ['act', 'animal']."""
+    prefixes = {x.split(".", 1)[0] for x in labels if "." in x}
+    if len(prefixes) == 1 and all("." in x and not x.endswith(".") for x in labels):
+        return [x.split(".", 1)[1] for x in labels]
+    return list(labels)
+
+
+# ---- HTML -------------------------------------------------------------------------------------------------------
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1100px;
+       padding: 1.5em 2em 4em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+.sub { color: #666; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f4f4f4; } td.l, th.l { text-align: left; }
+.gain-pos { color: #137333; font-weight: 600; } .gain-neg { color: #b3261e; font-weight: 600; }
+img { max-width: 100%; height: auto; display: block; margin: 0.6em 0; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; border: 1px solid #e4e4e4; }
+.ok { color: #137333; } .bad { color: #b3261e; }
+.example { border: 1px solid #e4e4e4; border-radius: 6px; padding: 0.6em 0.9em; margin: 0.7em 0; }
+.example .meta { font-size: 0.88em; color: #444; margin-bottom: 0.35em; }
+nav a { margin-right: 0.9em; font-size: 0.92em; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _table(header: Sequence[str], rows: list[Sequence], left: int = 1) -> str:
+    """An HTML table; the first `left` columns are left-aligned; cells are escaped unless they are _Raw."""
+    def cell(tag: str, i: int, v) -> str:
+        cls = ' class="l"' if i < left else ""
+        text = v.html if isinstance(v, _Raw) else _esc(_fmt(v))
+        return f"<{tag}{cls}>{text}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+@dataclass
+class _Raw:
+    html: str
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return "-" if v is None else str(v)
+
+
+def _gain_cell(g: float) -> _Raw:
+    cls = "gain-pos" if g > 0 else "gain-neg" if g < 0 else ""
+    return _Raw(f'<span class="{cls}">{g:+.4f}</span>')
+
+
+def _section(id_: str, title: str, body: str) -> str:
+    return f'<section id="{id_}"><h2>{_esc(title)}</h2>\n{body}\n</section>'
+
+
+def _results_section(data: ReportData) -> str:
+    s = data.summary
+    models = s.get("models", {})
+    names = [m for m in MODELS if m in models]
+    keys = [k for k in HEADLINE_KEYS if any(k in models[m].get("test", {}) for m in names)]
+    rows = []
+    for k in keys:
+        vals = [models[m].get("test", {}).get(k) for m in names]
+        row: list = [k, *vals]
+        if len(names) == 2 and None not in vals:
+            row.append(_gain_cell(vals[0] - vals[1]))
+        rows.append(row)
+    rows.append(["labeled examples used", *[models[m].get("n_train") for m in names]]
+                + ([""] if len(names) == 2 else []))
+    rows.append(["best validation " + s.get("metric", ""), *[models[m].get("best") for m in names]]
+                + ([""] if len(names) == 2 else []))
+    rows.append(["fine-tuning steps", *[models[m].get("steps") for m in names]] + ([""] if len(names) == 2 else []))
+    header = ["test metric", *names] + (["gain"] if len(names) == 2 else [])
+    note = (f'<p class="note">Test set: {_esc(s.get("test_size", "?"))} held-out examples. The baseline is the same '
+            "architecture fine-tuned the same way from a random initialisation (no pretraining).</p>")
+    return _table(header, rows) + note
+
+
+def _data_section(data: ReportData) -> str:
+    s = data.summary
+    parts = []
+    corpus = s.get("corpus")
+    if corpus:
+        rows = [[split, v.get("documents"), v.get("tokens"), v.get("tokens_per_document")]
+                for split, v in corpus.get("splits", {}).items()]
+        parts.append(f"<h3>Unlabeled corpus</h3><p>{_esc(', '.join(corpus.get('files', [])))}: tokenizer "
+                     f"{_esc(corpus.get('tokenizer', ''))} with {_fmt(corpus.get('vocab_size'))} tokens.</p>")
+        parts.append(_table(["split", "documents", "tokens", "tokens / document"], rows))
+    labels = s.get("labels")
+    if labels:
+        splits = [x for x in ("train", "validation", "test") if x in labels.get("counts", {})]
+        names = sorted({n for x in splits for n in labels["counts"][x]})
+        rows = [[n, *[labels["counts"][x].get(n, 0) for x in splits]] for n in names]
+        rows.append([_Raw("<b>total</b>"), *[sum(labels["counts"][x].values()) for x in splits]])
+        unit = labels.get("unit", "examples")
+        parts.append(f"<h3>Labeled data ({_esc(s.get('task', ''))})</h3><p>{_esc(labels.get('note', ''))}</p>")
+        parts.append(_table([f"label ({unit})", *splits], rows))
+    return "\n".join(parts) or "<p>No data statistics.</p>"
+
+
+def _errors_section(data: ReportData) -> str:
+    reports = data.test_reports
+    img = confusion_plot(reports)
+    if img:
+        return ('<p class="note">Row-normalised confusion matrices on the test set (rows: true label, columns: '
+                "predicted).</p>" + img + _per_class_table(reports, "per_class"))
+    for key in ("per_type", "per_label"):
+        if any(key in reports.get(m, {}) for m in MODELS):
+            return _per_class_table(reports, key)
+    return "<p>No per-class results.</p>"
+
+
+def _per_class_table(reports: dict[str, dict], key: str) -> str:
+    names = [m for m in MODELS if key in reports.get(m, {})]
+    if not names:
+        return ""
+    labels = sorted({lab for m in names for lab in reports[m][key]})
+    rows = []
+    for lab in labels:
+        cells = [reports[m][key].get(lab, {}) for m in names]
+        f1s = [c.get("f1") for c in cells]
+        gain = _gain_cell(f1s[0] - f1s[1]) if len(names) == 2 and None not in f1s else ""
+        rows.append([lab, cells[0].get("support"), *f1s, *([gain] if len(names) == 2 else [])])
+    header = ["label", "support", *[f"F1 {m}" for m in names], *(["gain"] if len(names) == 2 else [])]
+    what = "entity type" if key == "per_type" else "label"
+    return f"<h3>Per {what} on the test set</h3>" + _table(header, rows)
+
+
+def _examples_section(data: ReportData) -> str:
+    if not data.examples:
+        return "<p>No examples.</p>"
+    out = ['<p class="note">Test examples; the text is coloured by each token\'s contribution to the pretrained '
+           "model's prediction (green: towards the predicted label, red: against it).</p>"]
+    for ex in data.examples:
+        preds = []
+        for name, label in ex.get("predictions", {}).items():
+            mark = '<span class="ok">&#10003;</span>' if label == ex.get("gold") else '<span class="bad">&#10007;</span>'
+            preds.append(f"{_esc(name)}: <b>{_esc(label)}</b> {mark}")
+        meta = f"gold: <b>{_esc(ex.get('gold'))}</b> &middot; " + " &middot; ".join(preds)
+        body = ex.get("html") or _esc(ex.get("text", ""))
+        out.append(f'<div class="example"><div class="meta">{meta}</div><div>{body}</div></div>')
+    if data.summary.get("explain_method"):
+        out.append(f'<p class="note">Contributions: {_esc(data.summary["explain_method"])}.</p>')
+    return "\n".join(out)
+
+
+def _stages_table(summary: dict) -> str:
+    stages = summary.get("stages", {})
+    if not stages:
+        return ""
+    rows = [[name, "skipped (up to date)" if st.get("skipped") else "ran", st.get("seconds")]
+            for name, st in stages.items()]
+    return "<h3>Stages</h3>" + _table(["stage", "this run", "seconds (when it ran)"], rows)
+
+
+def render_report(data: ReportData) -> str:
+    """The report as one HTML string."""
+    s = data.summary
+    metric = s.get("metric", "accuracy")
+    sections = []
+    nav = []
+
+    def add(id_: str, title: str, body: str) -> None:
+        sections.append(_section(id_, title, body))
+        nav.append(f'<a href="#{id_}">{_esc(title)}</a>')
+
+    add("results", "Test results: pretrained vs. baseline", _results_section(data))
+    add("data", "Corpus and label statistics", _data_section(data))
+    pre = pretraining_plot(data.pretrain_log)
+    add("pretraining", "Pretraining", pre or "<p>No pretraining in this run (fine-tuned an existing checkpoint).</p>")
+    add("finetuning", "Fine-tuning curves", finetuning_plot(data.finetune_logs, metric) or "<p>No curves.</p>")
+    if s.get("sweep"):
+        sm = s.get("sweep_metric", metric)
+        rows = [[_percent(p["fraction"]), p.get("n_train"), *[p.get(m, {}).get(sm) for m in MODELS],
+                 _gain_cell(p["pretrained"][sm] - p["baseline"][sm])
+                 if sm in p.get("pretrained", {}) and sm in p.get("baseline", {}) else ""]
+                for p in s["sweep"]]
+        body = (sweep_plot(s["sweep"], sm) or "") + _table(["labels", "examples", *MODELS, "gain"], rows)
+        add("label-efficiency", f"Label efficiency (test {sm})", body)
+    add("errors", "Errors by class", _errors_section(data))
+    add("examples", "Test examples", _examples_section(data))
+    add("config", "Configuration", f"<pre>{_esc(data.config_text)}</pre>" + _stages_table(s))
+    subtitle = (f"task: {_esc(s.get('task', ''))} &middot; created {_esc(s.get('created', ''))} &middot; "
+                f"total wall time {_fmt(s.get('wall_seconds'))} s")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_esc(data.title)}</title>"
+            f"<style>{CSS}</style></head><body>\n<h1>{_esc(data.title)}</h1><p class=\"sub\">{subtitle}</p>\n"
+            f"<nav>{''.join(nav)}</nav>\n" + "\n".join(sections) + "\n</body></html>\n")
+
+
+def write_report(directory: str | Path, data: ReportData) -> Path:
+    """Write report.html into `directory` (atomically) and return its path."""
+    import os
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "report.html"
+    tmp = path.with_name(".report.html.tmp")
+    tmp.write_text(render_report(data), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
