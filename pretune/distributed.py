@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 
 import torch
@@ -46,13 +47,27 @@ def setup() -> None:
 
 
 def teardown() -> None:
+    """Leave the process group; on success after a barrier, so no rank closes its connections while another still
+    talks (after an error the others may never arrive: no barrier then)."""
     if tdist.is_available() and tdist.is_initialized():
+        if sys.exc_info()[0] is None:
+            tdist.barrier()
         tdist.destroy_process_group()
 
 
 def barrier() -> None:
     if world_size() > 1:
         tdist.barrier()
+
+
+def local_rows(batch: dict) -> dict:
+    """This rank's rows (rank, rank + world, ...) of a batch-first global batch; other values are kept whole."""
+    world = world_size()
+    if world == 1:
+        return batch
+    r, n = rank(), batch["input_ids"].shape[0]
+    return {k: v[r::world] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
+            for k, v in batch.items()}
 
 
 class LossModule(nn.Module):

@@ -38,7 +38,7 @@ from pretune.errors import InputError
 from pretune.metrics import classification_report, entity_report, format_report, span_report
 from pretune.model.heads import ClassificationHead, SpanHead, TokenClassificationHead
 from pretune.model.transformer import ModelConfig, Transformer, describe, init_weights
-from pretune.train import BatchSource, EarlyStopping, TrainConfig, Trainer, seed_everything
+from pretune.train import BatchSource, EarlyStopping, TrainConfig, Trainer, label_count, row_count, seed_everything
 
 METRICS = {
     "classify": ("accuracy", "macro_f1", "micro_f1", "loss"),
@@ -159,8 +159,8 @@ SECTIONS = {"finetune": FinetuneSection, "train": FinetuneTrainConfig}
 class TaskModel(nn.Module):
     """The Transformer `body` plus one task `head` (state-dict keys body.*, head.*).
 
-    forward(**batch) returns {"logits": ..., "loss": ... (when the batch has labels), "stats": ...}; `decode(batch)`
-    turns a batch into predictions (see `_decode_*`)."""
+    forward(**batch) returns {"logits"} plus {"loss", "stats"} when the batch has labels; `decode(batch)` turns a
+    batch into predictions."""
 
     def __init__(self, cfg: ModelConfig, task: str, labels: list[str], head_options: dict | None = None):
         super().__init__()
@@ -363,6 +363,16 @@ def task_collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
                 width[r, : len(f["spans"])] = torch.tensor([e - s for s, e in f["spans"]], dtype=torch.long)
         batch["span_width"] = width
     return batch
+
+
+def loss_weight(task: str, crf: bool = False):
+    """What a batch's loss is a mean over (the Trainer weighs micro-batches by it): labeled rows (classify, pair),
+    labeled subwords (tag), sentences (tag with CRF), labeled candidate spans (span)."""
+    if task == "span":
+        return lambda batch: float((batch["span_labels"] != IGNORE).sum())
+    if task == "tag" and crf:
+        return row_count
+    return label_count
 
 
 def subsample(examples: list[Example], fraction: float, seed: int) -> list[Example]:
@@ -626,8 +636,8 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
 
     trainer = Trainer(model, run_cfg, out, batches=batches, loss_fn=loss_fn,
                       save_model=task_model_writer(config, tok), model_config=config, evaluate=evaluate,
-                      groups=groups,
-                      early_stopping=EarlyStopping(metric, greater, sec.patience or None))
+                      groups=groups, early_stopping=EarlyStopping(metric, greater, sec.patience or None),
+                      loss_weight=loss_weight(task, sec.crf))
     result = trainer.fit(resume=resume)
 
     test_report = None

@@ -641,48 +641,36 @@ def _spread(items: list[int], k: int) -> list[int]:
 
 
 def build_examples(cfg: PipelineConfig, stages: dict[str, StageResult], reports: dict[str, dict]) -> tuple[list, str]:
-    """Test examples for the report, each with the pretrained model's per-token contributions as HTML."""
+    """Test examples for the report, each with the pretrained model's per-token contributions as HTML.
+
+    Returns (examples, the attribution method's name)."""
     from pretune.data.labeled import read_examples
+    from pretune.finetune import load_task_model
+    from pretune.inference import explain_full, explain_html
     from pretune.report import short_labels
+    from pretune.train import resolve_device
 
     sec = cfg.finetune
-    if sec.task not in ("classify", "pair") or cfg.run.examples == 0:
+    if sec.task not in ("classify", "pair"):
         return _token_task_examples(cfg, reports), ""
     examples = read_examples(sec.test, sec.task, **sec.fields())
     gold = [ex.label for ex in examples]
-    preds = {m: [p["label"] for p in reports[m]["predictions"]] for m in reports if m in ("pretrained", "baseline")}
+    preds = {m: [p["label"] for p in reports[m]["predictions"]] for m in ("pretrained", "baseline")}
     chosen = pick_examples(gold, preds, cfg.run.examples)
-    explainer = _explainer(stages["finetune"].directory / "model", cfg.run.device)
-    shorten = dict(zip(reports["pretrained"]["labels"], short_labels(reports["pretrained"]["labels"]), strict=True))
-    out = []
+    if not chosen:
+        return [], ""
+    model, tok, conf = load_task_model(stages["finetune"].directory / "model", device=resolve_device(cfg.run.device))
+    names = reports["pretrained"]["labels"]
+    shorten = dict(zip(names, short_labels(names), strict=True))
+    out, method = [], ""
     for i in chosen:
         ex = examples[i]
-        text = ex.text if sec.task == "classify" else f"{ex.text} [SEP] {ex.text_b}"
-        html = explainer(ex) if explainer is not None else None
-        out.append({"index": i, "text": text, "gold": shorten.get(ex.label, ex.label), "html": html,
+        exp = explain_full(model, tok, ex.text, ex.text_b, max_len=conf.get("max_len"))
+        method = exp.method
+        out.append({"index": i, "text": exp.text, "gold": shorten[ex.label],
+                    "html": explain_html(exp.text, exp.items),
                     "predictions": {m: shorten.get(preds[m][i], preds[m][i]) for m in preds}})
-    method = getattr(explainer, "method", "") if explainer is not None else ""
     return out, method
-
-
-def _explainer(model_dir: Path, device: str):
-    """A function example -> HTML of per-token contributions, from pretune.inference (None when unavailable)."""
-    try:
-        from pretune import inference
-    except ModuleNotFoundError:
-        return None
-    if not hasattr(inference, "explain_html"):
-        return None
-    from pretune.finetune import load_task_model
-
-    model, tok, _ = load_task_model(model_dir)
-
-    def explain(ex) -> str:
-        text = ex.text if ex.text_b is None else (ex.text, ex.text_b)
-        return inference.explain_html(model, tok, text)
-
-    explain.method = getattr(inference, "EXPLAIN_METHOD", "")
-    return explain
 
 
 def _token_task_examples(cfg: PipelineConfig, reports: dict[str, dict]) -> list:
@@ -691,8 +679,6 @@ def _token_task_examples(cfg: PipelineConfig, reports: dict[str, dict]) -> list:
     from pretune.metrics import entity_spans
 
     sec = cfg.finetune
-    if cfg.run.examples == 0 or "pretrained" not in reports:
-        return []
     examples = read_examples(sec.test, sec.task, **sec.fields())
 
     def entities(tokens, spans) -> str:

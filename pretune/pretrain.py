@@ -102,16 +102,21 @@ def model_files_writer(cfg: ModelConfig, objective: Objective, tok, extra: dict 
 
 
 def evaluator(objective: Objective, dataset, batch_size: int, max_batches: int, seed: int, device):
-    """Validation over a fixed set of items with fixed masking, so numbers are comparable across steps."""
-    n = min(len(dataset), batch_size * max_batches)
+    """Validation over a fixed set of items with fixed masking, so numbers are comparable across steps. Batches are
+    global (batch_size x world, each rank scores its rows) and masked from a seed per batch, so the numbers are the
+    same under any number of ranks with the same global batch."""
+    step = batch_size * dist.world_size()
+    n = min(len(dataset), step * max_batches)
 
     def evaluate(model) -> dict[str, float]:
         totals: dict[str, list[float]] = {}
-        for start in range(dist.rank() * batch_size, n, batch_size * dist.world_size()):
-            items = [dataset[i] for i in range(start, min(start + batch_size, n))]
-            gen = torch.Generator().manual_seed(seed + 7919 + start)  # per batch: the same under any world size
-            batch = {k: v.to(device) for k, v in objective.collate(items, gen).items()}
-            _, stats = objective.loss(model, batch)
+        for start in range(0, n, step):
+            items = [dataset[i] for i in range(start, min(start + step, n))]
+            gen = torch.Generator().manual_seed(seed + 7919 + start)
+            batch = dist.local_rows(objective.collate(items, gen))
+            if batch["input_ids"].shape[0] == 0:
+                continue
+            _, stats = objective.loss(model, {k: v.to(device) for k, v in batch.items()})
             for k, (num, den) in stats.items():
                 acc = totals.setdefault(k, [0.0, 0.0])
                 acc[0] += float(num)
@@ -150,10 +155,13 @@ def prepare_out_dir(out: Path, run_record: dict, resume: bool, overwrite: bool) 
         if not overwrite:
             raise InputError("output directory already holds files; pass --resume to continue its run, "
                              "--overwrite to replace it, or choose another --out", path=out)
+        dist.barrier()  # every rank has looked before rank 0 clears it
         if dist.is_main():
             shutil.rmtree(out)
+    dist.barrier()
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
 
 
 def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, model_values: dict | None = None,

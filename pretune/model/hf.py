@@ -33,7 +33,7 @@ TIED_DECODER = {
     "distilbert": "vocab_projector.weight",
     "gpt2": "lm_head.weight",
 }
-IGNORED_SUFFIXES = ("position_ids", "attn.bias", "attn.masked_bias")  # buffers some versions saved
+IGNORED_SUFFIXES = (".position_ids", ".attn.bias", ".attn.masked_bias")  # buffers some versions saved
 BERT_TOKENIZERS = ("BertTokenizer", "DistilBertTokenizer")
 BYTE_LEVEL_TOKENIZERS = ("GPT2Tokenizer", "RobertaTokenizer")
 DEFAULT_TOKENIZER = {"bert": "BertTokenizer", "distilbert": "BertTokenizer", "roberta": "RobertaTokenizer",

@@ -1,0 +1,171 @@
+"""Continued pretraining: --init-from with any objective the model supports, and vocabulary extension."""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import re
+from importlib import resources
+
+import pytest
+import torch
+
+from pretune.checkpoint import load_checkpoint
+from pretune.cli import main
+from pretune.data.corpus import prepare_corpus
+from pretune.errors import InputError
+from pretune.model.transformer import ModelConfig
+from pretune.objectives import PretrainModel, Specials, build_objective
+from pretune.tokenizer import PretuneTokenizer, train_tokenizer
+from pretune.vocab import extend_vocabulary, read_word_list
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+COMMON = ["--model-size", "tiny", "--max-len", "64", "--batch-size", "16", "--no-progress", "--eval-batches", "8"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Shards of 2000 bundled lines and an mlm checkpoint trained on them for 150 steps."""
+    root = tmp_path_factory.mktemp("continued")
+    path = resources.files("pretune") / "resources" / "wordnet" / "corpus.txt.gz"
+    with gzip.open(str(path), "rt", encoding="utf-8") as f:
+        lines = [next(f) for _ in range(2000)]
+    corpus = root / "corpus.txt"
+    corpus.write_text("".join(lines), encoding="utf-8")
+    tok = train_tokenizer(lines, vocab_size=1200, lowercase=True)
+    prepare_corpus([corpus], tok, root / "shards", validation_fraction=0.1, progress=False)
+    tok.save(root / "shards" / "tokenizer.json")
+    code = main(["pretrain", "--shards", str(root / "shards"), "--out", str(root / "mlm"), "--objective", "mlm",
+                 "--max-steps", "150", "--lr", "3e-3", "--warmup-steps", "10", "--eval-every", "150", *COMMON])
+    assert code == 0
+    return {"root": root, "corpus": corpus, "shards": root / "shards", "ckpt": root / "mlm" / "model",
+            "tok": PretuneTokenizer.load(root / "shards" / "tokenizer.json"), "lines": lines}
+
+
+def step_one(shards, out, objective: str, *extra: str) -> dict:
+    """Validation after one step at a negligible learning rate: the loss of the starting weights."""
+    code = main(["pretrain", "--shards", str(shards), "--out", str(out), "--objective", objective, "--max-steps", "1",
+                 "--lr", "1e-9", "--warmup-steps", "0", "--eval-every", "1", *COMMON, *extra])
+    assert code == 0
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return next(r for r in records if r["split"] == "validation")
+
+
+@pytest.mark.parametrize("objective", ["mlm", "wwm", "span", "mlm+nsp"])
+def test_continuing_starts_far_below_a_fresh_model(trained, tmp_path, objective):
+    fresh = step_one(trained["shards"], tmp_path / "fresh", objective)
+    cont = step_one(trained["shards"], tmp_path / "cont", objective, "--init-from", str(trained["ckpt"]))
+    print(f"{objective}: step-1 mlm_loss fresh {fresh['mlm_loss']:.3f}, from checkpoint {cont['mlm_loss']:.3f}")
+    assert cont["mlm_loss"] < fresh["mlm_loss"] - 0.7, (cont, fresh)
+    heads = json.loads((tmp_path / "cont" / "model" / "config.json").read_text())["heads"]
+    assert "mlm" in heads and (objective not in ("span", "mlm+nsp") or len(heads) == 2)
+
+
+def test_init_from_refuses_what_the_model_cannot_do(trained, tmp_path, capsys):
+    capsys.readouterr()
+    code = main(["pretrain", "--shards", str(trained["shards"]), "--out", str(tmp_path / "x"), "--objective", "clm",
+                 "--init-from", str(trained["ckpt"]), "--max-steps", "1", *COMMON])
+    assert code == 2
+    assert "causal" in capsys.readouterr().err
+    code = main(["pretrain", "--shards", str(trained["shards"]), "--out", str(tmp_path / "y"),
+                 "--add-tokens", str(tmp_path / "w.txt"), "--max-steps", "1", *COMMON])
+    assert code == 2
+    assert "init_from" in capsys.readouterr().err
+
+
+def domain_words(trained, n: int = 6) -> list[str]:
+    """Frequent long corpus words that the tokenizer splits into several pieces."""
+    counts = collections.Counter(w for line in trained["lines"] for w in re.findall(r"[a-z]{7,}", line.lower()))
+    tok = trained["tok"]
+    split = [w for w, _ in counts.most_common() if len(tok.encode(w).ids) >= 2]
+    assert len(split) >= n
+    return split[:n]
+
+
+def test_extend_vocabulary_keeps_old_rows_and_averages_pieces(trained):
+    ckpt = load_checkpoint(trained["ckpt"])
+    tok = ckpt.tokenizer()
+    cfg = ModelConfig.from_dict(ckpt.config["model"])
+    obj = build_objective("span", Specials.from_tokenizer(tok))
+    model = PretrainModel(cfg, obj.heads(cfg))
+    model.load_state_dict({**model.state_dict(), **ckpt.state_dict})
+    model.eval()
+    old_emb = model.embedding_weight.detach().clone()
+    old_bias = {name: model.heads[name].bias.detach().clone() for name in ("mlm", "sbo")}
+    words = domain_words(trained)
+    pieces = {w: tok.encode(w).ids for w in words}
+    text_ids = torch.tensor([[tok.specials.cls, *tok.encode("a small piece of land").ids, tok.specials.sep]])
+    with torch.no_grad():
+        before = model.heads["mlm"](model.body(text_ids).last_hidden_state, model.embedding_weight)
+
+    new_cfg = extend_vocabulary(model, tok, [*words, words[0].upper()])  # the upper-case one normalizes to a dupe
+    assert new_cfg.vocab_size == cfg.vocab_size + len(words) == tok.vocab_size
+    assert model.config.vocab_size == model.body.config.vocab_size == new_cfg.vocab_size
+    emb = model.embedding_weight.detach()
+    assert torch.equal(emb[: cfg.vocab_size], old_emb)
+    for w in words:
+        (new_id,) = tok.encode(w).ids  # one token now
+        assert new_id >= cfg.vocab_size
+        assert torch.allclose(emb[new_id], old_emb[pieces[w]].mean(0))
+        for name in ("mlm", "sbo"):
+            bias = model.heads[name].bias.detach()
+            assert torch.equal(bias[: cfg.vocab_size], old_bias[name])
+            assert torch.allclose(bias[new_id], old_bias[name][pieces[w]].mean())
+    with torch.no_grad():
+        after = model.heads["mlm"](model.body(text_ids).last_hidden_state, model.embedding_weight)
+    assert torch.allclose(after[..., : cfg.vocab_size], before, atol=1e-5)  # old text: same predictions
+    assert extend_vocabulary(model, tok, words) == new_cfg  # already there: nothing changes
+
+
+def test_read_word_list(tmp_path):
+    f = tmp_path / "words.txt"
+    f.write_text("# domain words\nbiopsy\n\nbiopsy\n  angina  \n", encoding="utf-8")
+    assert read_word_list(f) == ["biopsy", "angina"]
+    f.write_text("biopsy\nheart attack\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"words.txt:2: 'heart attack' holds whitespace"):
+        read_word_list(f)
+    f.write_text("# nothing\n\n", encoding="utf-8")
+    with pytest.raises(InputError, match="empty"):
+        read_word_list(f)
+    with pytest.raises(InputError, match="not found"):
+        read_word_list(tmp_path / "missing.txt")
+    f.write_bytes(b"caf\xe9\n")
+    with pytest.raises(InputError, match="UTF-8"):
+        read_word_list(f)
+
+
+def test_add_tokens_through_the_cli(trained, tmp_path, capsys):
+    words = domain_words(trained)
+    word_file = tmp_path / "words.txt"
+    word_file.write_text("\n".join(words) + "\n", encoding="utf-8")
+    # shards made with the checkpoint's own tokenizer do not hold the new tokens: refused, with the way out
+    capsys.readouterr()
+    code = main(["pretrain", "--shards", str(trained["shards"]), "--out", str(tmp_path / "bad"), "--init-from",
+                 str(trained["ckpt"]), "--add-tokens", str(word_file), "--max-steps", "1", *COMMON])
+    assert code == 2
+    assert "pretune vocab extend" in capsys.readouterr().err
+
+    ext = tmp_path / "tok_ext.json"
+    assert main(["vocab", "extend", str(trained["root"] / "mlm"), str(word_file), "--out", str(ext)]) == 0
+    assert main(["vocab", "extend", str(trained["ckpt"]), str(word_file), "--out", str(ext)]) == 2  # no overwrite
+    assert main(["prepare", str(trained["corpus"]), "--tokenizer", str(ext), "--out", str(tmp_path / "shards"),
+                 "--validation-fraction", "0.1"]) == 0
+    fresh = step_one(trained["shards"], tmp_path / "fresh", "mlm")
+    cont = step_one(tmp_path / "shards", tmp_path / "cont", "mlm", "--init-from", str(trained["ckpt"]),
+                    "--add-tokens", str(word_file))
+    assert cont["mlm_loss"] < fresh["mlm_loss"] - 0.5, (cont, fresh)
+    out = load_checkpoint(tmp_path / "cont")
+    old_size = trained["tok"].vocab_size
+    assert out.config["model"]["vocab_size"] == old_size + len(words)
+    assert out.state_dict["body.embeddings.word.weight"].shape[0] == old_size + len(words)
+    assert out.state_dict["heads.mlm.bias"].shape[0] == old_size + len(words)
+    assert len(out.tokenizer().encode(words[0]).ids) == 1

@@ -1,0 +1,318 @@
+"""`pretune run`: the whole pipeline on a tiny config through the CLI, stage skipping, continuing, the config."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from pretune.cli import main
+from pretune.pipeline import default_config_path, load_config, parse_override, pick_examples
+
+DATA = Path(__file__).resolve().parents[1] / "pretune" / "resources" / "wordnet"
+CLASSES = ("noun.animal", "noun.artifact", "noun.person", "noun.plant")
+STAGES = ("tokenizer", "shards", "pretrain", "finetune", "baseline", "sweep/pretrained-0.25", "sweep/baseline-0.25",
+          "evaluate", "report")
+TRAINING = ("pretrain", "finetune", "baseline", "sweep/pretrained-0.25", "sweep/baseline-0.25")
+TINY = """
+[run]
+progress = false
+examples = 3
+
+[corpus]
+files = ["corpus.txt.gz"]
+
+[tokenizer]
+vocab_size = 600
+lowercase = true
+
+[pretrain]
+model_size = "tiny"
+max_len = 32
+
+[pretrain.trainer]
+max_steps = 20
+batch_size = 16
+lr = 1e-3
+eval_every = 10
+eval_batches = 2
+save_every = 10
+log_every = 5
+
+[finetune]
+task = "classify"
+train = "train.csv"
+validation = "validation.csv"
+test = "test.csv"
+max_len = 32
+epochs = 2
+
+[finetune.trainer]
+batch_size = 32
+lr = 1e-3
+
+[sweep]
+label_fractions = [0.25, 1.0]
+"""
+
+
+def make_tiny(root: Path) -> Path:
+    """A 1,500-gloss corpus and a 4-class slice of the supersense task; returns the config path."""
+    root.mkdir(parents=True, exist_ok=True)
+    with gzip.open(DATA / "corpus.txt.gz", "rt", encoding="utf-8") as f:
+        lines = [next(f) for _ in range(1500)]
+    with gzip.open(root / "corpus.txt.gz", "wt", encoding="utf-8") as f:
+        f.writelines(lines)
+    for split, n in (("train", 120), ("validation", 40), ("test", 60)):
+        with open(DATA / f"supersense_{split}.csv", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r["label"] in CLASSES][:n]
+        write_csv(root / f"{split}.csv", rows)
+    (root / "tiny.toml").write_text(TINY, encoding="utf-8")
+    return root / "tiny.toml"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["text", "label"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def run(config: Path, out: Path, capsys, *extra: str) -> tuple[int, str, str]:
+    code = main(["run", str(config), "--out", str(out), *extra])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def stage_record(out: Path, stage: str) -> dict:
+    return json.loads((out / stage / "stage.json").read_text())
+
+
+def ran(log: str) -> set[str]:
+    return set(re.findall(r"^\[([^\]]+)\] (?:running|continuing)", log, flags=re.M))
+
+
+def skipped(log: str) -> set[str]:
+    return set(re.findall(r"^\[([^\]]+)\] up to date, skipped", log, flags=re.M))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One complete run of the tiny config; tests that change things work on copies."""
+    root = tmp_path_factory.mktemp("pipeline")
+    config = make_tiny(root / "data")
+    out = root / "run"
+    code = main(["run", str(config), "--out", str(out)])
+    assert code == 0
+    return config, out
+
+
+def copy_run(tiny_run, tmp_path) -> tuple[Path, Path]:
+    config, out = tiny_run
+    shutil.copytree(config.parent, tmp_path / "data")
+    shutil.copytree(out, tmp_path / "run")
+    return tmp_path / "data" / config.name, tmp_path / "run"
+
+
+def test_every_stage_leaves_its_output(tiny_run):
+    _, out = tiny_run
+    for stage in STAGES:
+        record = stage_record(out, stage)
+        assert record["status"] == "done" and len(record["fingerprint"]) == 16
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    assert (out / "shards" / "meta.json").is_file() and (out / "shards" / "train.tokens.bin").is_file()
+    for stage in TRAINING:
+        assert (out / stage / "model" / "model.safetensors").is_file(), stage
+        assert (out / stage / "metrics.jsonl").is_file(), stage
+        assert not (out / stage / "last").exists(), "a finished stage keeps no resumable checkpoint"
+    pre_config = json.loads((out / "pretrain" / "model" / "config.json").read_text())
+    assert pre_config["heads"] == ["mlm"] and pre_config["model"]["hidden_size"] == 64
+    baseline_config = json.loads((out / "baseline" / "model" / "config.json").read_text())
+    assert baseline_config["from_scratch"] is True and baseline_config["task"] == "classify"
+    for name in ("pretrained", "baseline", "sweep_pretrained-0.25", "sweep_baseline-0.25"):
+        report = json.loads((out / "evaluate" / f"{name}.json").read_text())
+        assert report["support"] == 60 and len(report["predictions"]) == 60
+        assert len(report["confusion"]) == 4
+    assert not (out / ".running").exists() or not any((out / ".running").iterdir())
+    assert tomllib.loads((out / "config.toml").read_text())["finetune"]["task"] == "classify"
+
+
+def test_summary_and_report(tiny_run):
+    _, out = tiny_run
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["task"] == "classify" and summary["test_size"] == 60
+    for model in ("pretrained", "baseline"):
+        test = summary["models"][model]["test"]
+        evaluated = json.loads((out / "evaluate" / f"{model}.json").read_text())
+        assert test["accuracy"] == pytest.approx(evaluated["accuracy"])
+        assert summary["models"][model]["n_train"] == 120
+    assert summary["gain"]["accuracy"] == pytest.approx(
+        summary["models"]["pretrained"]["test"]["accuracy"] - summary["models"]["baseline"]["test"]["accuracy"])
+    assert [p["fraction"] for p in summary["sweep"]] == [0.25, 1.0]
+    assert [p["n_train"] for p in summary["sweep"]] == [30, 120]
+    assert summary["sweep"][1]["pretrained"] == summary["models"]["pretrained"]["test"]
+    assert summary["corpus"]["splits"]["train"]["documents"] + summary["corpus"]["splits"]["validation"][
+        "documents"] == 1500
+    assert sum(summary["labels"]["counts"]["train"].values()) == 120
+    html = (out / "report" / "report.html").read_text(encoding="utf-8")
+    for section in ("results", "data", "pretraining", "finetuning", "label-efficiency", "errors", "examples",
+                    "config"):
+        assert f'<section id="{section}">' in html, section
+    assert html.count("data:image/png;base64,") == 4
+    assert html.count('class="example"') == 3
+    assert html.count('class="pretune-explain"') == 3  # per-token contributions of the pretrained model
+    assert "integrated-gradients" in html
+
+
+def test_second_run_trains_nothing(tiny_run, tmp_path, capsys):
+    config, out = copy_run(tiny_run, tmp_path)
+    before = {s: stage_record(out, s)["finished"] for s in STAGES}
+    mtimes = {s: (out / s / "model" / "model.safetensors").stat().st_mtime_ns for s in TRAINING}
+    code, log, _ = run(config, out, capsys)
+    assert code == 0
+    assert ran(log) == {"report"}  # the copy moved the data files, and the report shows their paths
+    assert skipped(log) == set(STAGES) - {"report"}
+    assert {s: stage_record(out, s)["finished"] for s in STAGES if s != "report"} == {
+        s: v for s, v in before.items() if s != "report"}
+    assert {s: (out / s / "model" / "model.safetensors").stat().st_mtime_ns for s in TRAINING} == mtimes
+    code, log, _ = run(config, out, capsys)
+    assert ran(log) == set() and skipped(log) == set(STAGES)
+    assert "pretrained" in log and "gain" in log and "report.html" in log  # the summary table is printed again
+
+
+def test_changed_labels_rerun_finetuning_only(tiny_run, tmp_path, capsys):
+    config, out = copy_run(tiny_run, tmp_path)
+    with open(config.parent / "train.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    write_csv(config.parent / "train.csv", rows[:100])
+    code, log, _ = run(config, out, capsys)
+    assert code == 0
+    assert skipped(log) == {"tokenizer", "shards", "pretrain"}
+    assert ran(log) == {"finetune", "baseline", "sweep/pretrained-0.25", "sweep/baseline-0.25", "evaluate", "report"}
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["models"]["pretrained"]["n_train"] == 100
+    # a new test file re-runs the evaluation and the report only
+    with open(config.parent / "test.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    write_csv(config.parent / "test.csv", rows[:50])
+    code, log, _ = run(config, out, capsys)
+    assert ran(log) == {"evaluate", "report"}
+    assert json.loads((out / "report" / "summary.json").read_text())["test_size"] == 50
+
+
+def test_interrupted_stage_continues(tmp_path, capsys, monkeypatch):
+    from pretune.train import Trainer
+
+    config = make_tiny(tmp_path / "data")
+    out = tmp_path / "run"
+    real_save = Trainer.save
+
+    def save_then_stop(self, name, with_optimizer):
+        real_save(self, name, with_optimizer)
+        if name == "last" and self.step == 10 and self.out.name == "pretrain":
+            raise KeyboardInterrupt("simulated Ctrl-C")
+
+    monkeypatch.setattr(Trainer, "save", save_then_stop)
+    code, log, _ = run(config, out, capsys, "--set", "sweep.label_fractions=[]")
+    assert code == 130
+    assert (out / "pretrain" / "last").is_dir() and not (out / "pretrain" / "stage.json").exists()
+    monkeypatch.setattr(Trainer, "save", real_save)
+    code, log, _ = run(config, out, capsys, "--set", "sweep.label_fractions=[]")
+    assert code == 0
+    assert "[pretrain] continuing from its last checkpoint" in log
+    assert skipped(log) == {"tokenizer", "shards"}
+    steps = [json.loads(line)["step"] for line in (out / "pretrain" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == [5, 10, 15, 20]  # one run's worth of log lines: continued, not restarted
+    assert stage_record(out, "pretrain")["result"]["steps"] == 20
+
+
+def test_report_renders_in_chromium(tiny_run, tmp_path):
+    from test_report import _chromium, load_in_chromium
+
+    if _chromium() is None:
+        pytest.skip("no headless browser: install Debian's `chromium` package (apt-get install -y chromium)")
+    _, out = tiny_run
+    widths = load_in_chromium(out / "report" / "report.html", tmp_path)
+    assert len(widths) == 4 and all(w > 300 for w in widths), widths
+
+
+# ---- config ------------------------------------------------------------------------------------------------------
+def test_default_config_uses_bundled_data():
+    cfg = load_config()
+    assert default_config_path().is_file()
+    assert cfg.finetune.task == "classify" and cfg.run.out == "pretune-run"
+    for path in [*cfg.corpus.files, cfg.finetune.train, cfg.finetune.validation, cfg.finetune.test]:
+        assert Path(path).is_file(), path
+    assert Path(cfg.corpus.files[0]).name == "corpus.txt.gz"
+
+
+def test_print_config_round_trips(tmp_path, capsys):
+    assert main(["run", "--print-config", "--set", "finetune.epochs=3", "--seed", "7"]) == 0
+    text = capsys.readouterr().out
+    (tmp_path / "resolved.toml").write_text(text)
+    again = load_config(tmp_path / "resolved.toml")
+    assert again.finetune.epochs == 3 and again.run.seed == 7
+    assert again.pretrain_trainer.seed == 7 and again.finetune_trainer.seed == 7
+    assert again.to_toml().split("\n", 1)[1] == text.split("\n", 1)[1]
+
+
+def test_overrides_and_bad_config(tmp_path, capsys):
+    assert parse_override("pretrain.trainer.lr=3e-4") == (["pretrain", "trainer", "lr"], 3e-4)
+    assert parse_override("corpus.files=[\"a.txt\", \"b.txt\"]")[1] == ["a.txt", "b.txt"]
+    assert parse_override("run.title=my run") == (["run", "title"], "my run")
+    bad = {
+        "[fintune]\ntask = 'classify'\n": "did you mean 'finetune'",
+        "[finetune]\nepoch = 3\n": "did you mean 'epochs'",
+        "[pretrain]\nout = 'x'\n": "set by `pretune run`",
+        "[pretrain.trainer]\nstop_after = 3\n": "stop_after",
+        "[run]\nskip_pretraining = true\n": "init_from",
+        "[sweep]\nlabel_fractions = [0.0]\n": "(0, 1]",
+    }
+    base = (default_config_path()).read_text()
+    for i, (extra, message) in enumerate(bad.items()):
+        path = tmp_path / f"bad{i}.toml"
+        path.write_text(_merge_toml(base, extra))
+        code = main(["run", str(path), "--out", str(tmp_path / "never"), "--print-config"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, (extra, err)
+    assert main(["run", "--set", "nonsense"]) == 2
+    assert "TABLE.KEY=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+def _merge_toml(base: str, extra: str) -> str:
+    """The bundled default with the tables of `extra` replacing its own (simple text surgery for tests)."""
+    header = extra.split("\n", 1)[0]
+    if header in base:
+        start = base.index(header)
+        end = base.find("\n[", start + 1)
+        base = base[:start] + base[end + 1:] if end != -1 else base[:start]
+    return base + "\n" + extra
+
+
+def test_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code = main(["run", "--out", str(out), "--no-progress"])
+    assert code == 2 and "no pretune run" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
+
+
+def test_pick_examples_prefers_wins_then_spreads():
+    gold = list("aaaaaaaaaa")
+    pre = list("aaaaabbbbb")  # right on 0-4
+    base = list("bbaaabbbbb")  # right on 2-4
+    chosen = pick_examples(gold, {"pretrained": pre, "baseline": base}, 4)
+    assert len(chosen) == 4 and chosen == sorted(chosen)
+    assert {0, 1} <= set(chosen)  # where pretraining made the difference
+    assert any(i in (2, 3, 4) for i in chosen) and any(i >= 5 for i in chosen)
+    assert pick_examples(gold, {"pretrained": pre, "baseline": base}, 0) == []
+    assert len(pick_examples(gold[:2], {"pretrained": pre[:2], "baseline": base[:2]}, 6)) == 2
