@@ -69,12 +69,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", help="pretune's precision: auto (its default) | fp32 | bf16")
     p.add_argument("--peer-precision", default="fp32", help="transformers' precision: fp32 (its default) | bf16")
     p.add_argument("--no-fp32-line", action="store_true",
-                   help="skip the extra pretune-in-fp32 MLM runs made when --precision resolves to bf16")
+                   help="skip the extra pretune-in-fp32 training runs made when --precision resolves to bf16")
     p.add_argument("--compile", action="store_true", help="also time pretune's MLM step under torch.compile")
     p.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch's default)")
     p.add_argument("--corpus-lines", type=int, default=0, help="train the tokenizer on the first N corpus lines")
     p.add_argument("--cache", default="", help="keep tokenizer / shards here (default: a temporary directory)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--inline", action="store_true",
+                   help="run the workers in this process (a quick check: memory figures are then not separate)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -126,7 +128,12 @@ def prepare(cache: Path, vocab_size: int, seq_len: int, corpus_lines: int) -> di
             "vocab_size": tok.vocab_size}
 
 
-def run_child(worker: str, spec: dict, quiet: bool) -> dict:
+def run_child(worker: str, spec: dict, quiet: bool, inline: bool = False) -> dict:
+    if inline:
+        result = run_worker(worker, spec)
+        if not quiet:
+            print(f"  {worker} {spec.get('tag', '')}: {result}", file=sys.stderr, flush=True)
+        return result
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--spec", json.dumps(spec)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -150,6 +157,9 @@ def line(measure: str, unit: str, pt: list[float], hf: list[float], better: str 
     rec = {"measure": measure, "unit": unit, "pretune": round(a, 2), "transformers": round(b, 2),
            "ratio": round(a / b, 3) if b else None, "better": better,
            "runs": {"pretune": [round(x, 2) for x in pt], "transformers": [round(x, 2) for x in hf]}}
+    cpu = extra.pop("cpu", None)
+    if cpu is not None:  # the same rates per CPU-second: steadier than wall time on a shared machine
+        rec["ratio_cpu_time"] = round(median(cpu[0]) / median(cpu[1]), 3)
     rec.update(extra)
     print(json.dumps(rec), flush=True)
     return rec
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         records = []
         peak = None
         if any(m.startswith("mlm") for m in measures):
-            peak = run_child("peak", common, args.quiet)
+            peak = run_child("peak", common, args.quiet, args.inline)
             records.append(peak_line(peak, args.device))
         for m in measures:
             records += run_measure(m, args, common, peak)
@@ -204,7 +214,7 @@ def run_measure(measure: str, args, common: dict, peak: dict | None) -> list[dic
         kind, steps = measure, 0
     spec.update(steps=steps, texts=args.infer_texts, tag=measure)
     variants = [("pretune", spec)]
-    if kind == "mlm" and not args.no_fp32_line and args.precision != "fp32" and bf16_auto(args):
+    if kind in ("mlm", "finetune") and not args.no_fp32_line and args.precision != "fp32" and bf16_auto(args):
         variants.append(("pretune_fp32", {**spec, "precision": "fp32", "tag": measure + "_fp32"}))
     if kind == "mlm" and args.compile:
         variants.append(("pretune_compile", {**spec, "compile": True, "tag": measure + "_compile"}))
@@ -217,7 +227,7 @@ def run_measure(measure: str, args, common: dict, peak: dict | None) -> list[dic
             order.reverse()
         for name, s in order:
             tool = "hf" if name == "transformers" else "pt"
-            runs[name].append(run_child(f"{kind}_{tool}", s, args.quiet))
+            runs[name].append(run_child(f"{kind}_{tool}", s, args.quiet, args.inline))
     return summarise(measure, kind, spec, runs, peak)
 
 
@@ -229,6 +239,10 @@ def bf16_auto(args) -> bool:
             f"print(use_bf16({args.precision!r}, torch.device({args.device!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO))
     return out.stdout.strip().endswith("True")
+
+
+def cpu_rate(r: dict) -> float:
+    return r["rate"] * r["seconds"] / max(r["cpu_s"], 1e-9)
 
 
 def summarise(measure: str, kind: str, spec: dict, runs: dict, peak: dict | None) -> list[dict]:
@@ -247,7 +261,8 @@ def summarise(measure: str, kind: str, spec: dict, runs: dict, peak: dict | None
             continue
         suffix = name[len("pretune"):]
         out.append(line(measure + suffix + "_" + unit.replace("/", "_per_"), unit, [r["rate"] for r in rs],
-                        [r["rate"] for r in hf], config={**config, "precision": rs[0].get("precision")}))
+                        [r["rate"] for r in hf], config={**config, "precision": rs[0].get("precision")},
+                        cpu=([cpu_rate(r) for r in rs], [cpu_rate(r) for r in hf])))
     out.append(line(measure + "_peak_rss_mb", "MB", [r["rss_mb"] for r in runs["pretune"]],
                     [r["rss_mb"] for r in hf], better="lower"))
     if spec["device"].startswith("cuda"):
@@ -274,15 +289,21 @@ def summarise(measure: str, kind: str, spec: dict, runs: dict, peak: dict | None
 
 # ---- the children: one tool, one measure, one process ----------------------------------------------------------------
 def worker(kind: str, spec: dict) -> None:
+    print(RESULT + json.dumps(run_worker(kind, spec)), flush=True)
+
+
+def run_worker(kind: str, spec: dict) -> dict:
     import torch
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
+    if spec["device"].startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     result = WORKERS[kind](spec)
     result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if spec["device"].startswith("cuda"):
         result["cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    print(RESULT + json.dumps(result), flush=True)
+    return result
 
 
 def _sync(device) -> None:

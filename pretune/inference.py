@@ -492,12 +492,13 @@ def cmd_explain(args) -> None:
     html_out = Path(args.html) if args.html else None
     if html_out is not None:
         _check_output(html_out, args.overwrite)
-    model, tok, _ = load_task_model(args.checkpoint, device=_device(args.device))
-    ex = explain_full(model, tok, args.text, args.text_b, args.label, args.method, args.steps)
+    model, tok, conf = load_task_model(args.checkpoint, device=_device(args.device))
+    ex = explain_full(model, tok, args.text, args.text_b, args.label, args.method, args.steps, conf.get("max_len"))
     color = sys.stdout.isatty() if args.color is None else args.color
-    print(f"{ex.label} (p = {ex.prob:.3f}); {ex.method}: scores add up to p(text) - p(baseline) = "
-          f"{ex.prob - ex.baseline_prob:+.3f}" if ex.method == "integrated-gradients" else
-          f"{ex.label} (p = {ex.prob:.3f}); {ex.method}")
+    summary = f"{ex.label} (p = {ex.prob:.3f}); {ex.method}"
+    if ex.method == "integrated-gradients":
+        summary += f": scores add up to p(text) - p(baseline) = {ex.prob - ex.baseline_prob:+.3f}"
+    print(summary)
     if color:
         print(explain_ansi(ex.text, ex.items))
     for token, _, _, score in sorted(ex.items, key=lambda x: -abs(x[3]))[: args.top]:

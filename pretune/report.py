@@ -155,7 +155,8 @@ def finetuning_plot(logs: dict[str, list[dict]], metric: str) -> str | None:
     fig, (left, right) = _figure(2)
     for name in names:
         color = COLORS.get(name)
-        left.plot(*_series(logs[name], "train", "loss"), label=name, color=color, lw=1.2)
+        steps, loss = _series(logs[name], "train", "loss")
+        left.plot(steps, loss, "o-" if len(steps) < 15 else "-", ms=3, label=name, color=color, lw=1.2)
         right.plot(*_series(logs[name], "validation", metric), "o-", ms=3, label=name, color=color)
     left.set_title("fine-tuning: training loss")
     left.set_ylabel("loss")
@@ -172,20 +173,22 @@ def sweep_plot(points: list[dict], metric: str) -> str | None:
     """Test metric against the number of labels used (log scale), one line per model."""
     if not points:
         return None
+    from matplotlib.ticker import NullLocator
+
     fig, (ax,) = _figure(1, width=6.0, height=3.8)
     for name in MODELS:
         pts = sorted((p["n_train"], p[name][metric]) for p in points if metric in p.get(name, {}))
         if pts:
             ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", label=name, color=COLORS[name])
     ax.set_xscale("log")
+    ticks = sorted({p["n_train"]: p["fraction"] for p in points if p.get("n_train")}.items())
+    ax.set_xticks([n for n, _ in ticks], [f"{n:,}\n({_percent(f)})" for n, f in ticks], fontsize=8)
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("labeled training examples (log scale)")
     ax.set_ylabel(f"test {metric}")
     ax.set_title("label efficiency")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    for p in points:
-        ax.annotate(_percent(p["fraction"]), (p["n_train"], ax.get_ylim()[0]), fontsize=7, ha="center",
-                    va="bottom", color="#555")
     return _png(fig)
 
 
@@ -277,6 +280,12 @@ def _fmt(v) -> str:
     return "-" if v is None else str(v)
 
 
+def _duration(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+
 def _gain_cell(g: float) -> _Raw:
     cls = "gain-pos" if g > 0 else "gain-neg" if g < 0 else ""
     return _Raw(f'<span class="{cls}">{g:+.4f}</span>')
@@ -314,7 +323,7 @@ def _data_section(data: ReportData) -> str:
     parts = []
     corpus = s.get("corpus")
     if corpus:
-        rows = [[split, v.get("documents"), v.get("tokens"), v.get("tokens_per_document")]
+        rows = [[split, v.get("documents"), v.get("tokens"), f"{v.get('tokens_per_document', 0):.1f}"]
                 for split, v in corpus.get("splits", {}).items()]
         parts.append(f"<h3>Unlabeled corpus</h3><p>{_esc(', '.join(corpus.get('files', [])))}: tokenizer "
                      f"{_esc(corpus.get('tokenizer', ''))} with {_fmt(corpus.get('vocab_size'))} tokens.</p>")
@@ -414,7 +423,7 @@ def render_report(data: ReportData) -> str:
     add("examples", "Test examples", _examples_section(data))
     add("config", "Configuration", f"<pre>{_esc(data.config_text)}</pre>" + _stages_table(s))
     subtitle = (f"task: {_esc(s.get('task', ''))} &middot; created {_esc(s.get('created', ''))} &middot; "
-                f"total wall time {_fmt(s.get('wall_seconds'))} s")
+                f"stages took {_duration(s.get('compute_seconds'))} in all")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_esc(data.title)}</title>"
             f"<style>{CSS}</style></head><body>\n<h1>{_esc(data.title)}</h1><p class=\"sub\">{subtitle}</p>\n"

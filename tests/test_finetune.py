@@ -408,9 +408,10 @@ TASK_FILES = {
 }
 TASK_ARGS = {
     "classify": ["--epochs", "5", "--max-len", "64"],
-    "pair": ["--epochs", "8", "--max-len", "96"],
+    # a pair needs cross-segment matching, which a barely pretrained body learns slowly: gentler body lr, more epochs
+    "pair": ["--epochs", "15", "--patience", "15", "--max-len", "96", "--lr", "3e-4", "--head-lr", "1e-3"],
     "tag": ["--epochs", "5", "--max-len", "48"],
-    "span": ["--epochs", "5", "--max-len", "48", "--max-span-width", "4"],
+    "span": ["--epochs", "8", "--max-len", "48", "--max-span-width", "4"],
 }
 
 

@@ -124,7 +124,7 @@ def make_hf(kind: str, case: str, d: Path, task: str = "lm", seed: int = 0, **sa
         V = write_bert_tokenizer(d)
         cfg = T.BertConfig(vocab_size=V + 7, max_position_embeddings=64, **BERT_CASES[case])
         cls = {"lm": T.BertForMaskedLM, "classify": T.BertForSequenceClassification,
-               "tag": T.BertForTokenClassification, "body": T.BertModel}[task]
+               "tag": T.BertForTokenClassification, "body": T.BertModel, "pretraining": T.BertForPreTraining}[task]
     elif kind in ("roberta", "xlm-roberta"):
         V = write_bytelevel_tokenizer(d, "RobertaTokenizer")
         Config = T.RobertaConfig if kind == "roberta" else T.XLMRobertaConfig
@@ -137,7 +137,7 @@ def make_hf(kind: str, case: str, d: Path, task: str = "lm", seed: int = 0, **sa
         V = write_bert_tokenizer(d)
         cfg = T.DistilBertConfig(vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64,
                                  activation=case)
-        cls = T.DistilBertForMaskedLM
+        cls = {"lm": T.DistilBertForMaskedLM, "classify": T.DistilBertForSequenceClassification}[task]
     else:
         V = write_bytelevel_tokenizer(d, "GPT2Tokenizer")
         cfg = T.GPT2Config(vocab_size=V, n_positions=64, bos_token_id=0, eos_token_id=0, **GPT2_CASES[case])
@@ -234,6 +234,39 @@ def test_import_base_model_has_no_head(tmp_path):
         ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
         ours = model.body(ids, attention_mask=mask).last_hidden_state
     assert max_diff(ref, ours, mask) < TOL
+
+
+def test_bert_pretraining_heads_mlm_and_nsp(tmp_path):
+    """BertForPreTraining (as bert-base-uncased ships): the NSP head comes along, and goes back."""
+    from pretune.model.heads import NSPHead
+
+    hf = make_hf("bert", "bert-gelu", tmp_path / "hf", task="pretraining")
+    ckpt = ck.load_checkpoint(tmp_path / "hf")
+    assert ckpt.config["objective"] == "mlm+nsp" and ckpt.config["heads"] == ["mlm", "nsp"]
+    cfg = ModelConfig.from_dict(ckpt.config["model"])
+    model = PretrainModel(cfg, {"mlm": MLMHead(cfg), "nsp": NSPHead(cfg)}).eval()
+    ck.load_into(model, ckpt.state_dict, ckpt.path)
+    ids, mask, tt = batch(hf.config.vocab_size, 2)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=tt)
+        hidden = model.body(ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
+        mlm, nsp = model.heads["mlm"](hidden, model.embedding_weight), model.heads["nsp"](hidden)
+    assert max_diff(ref.prediction_logits, mlm, mask) < TOL
+    assert (ref.seq_relationship_logits - nsp).abs().max().item() < TOL
+    import_folder(tmp_path / "hf", tmp_path / "ckpt")
+    export_hf(tmp_path / "ckpt", tmp_path / "back")
+    back = load_exported(tmp_path / "back", transformers.BertForPreTraining)
+    with torch.no_grad():
+        out = back(input_ids=ids, attention_mask=mask, token_type_ids=tt)
+    assert (ref.seq_relationship_logits - out.seq_relationship_logits).abs().max().item() < TOL
+
+
+def test_distilbert_classifier_imports_its_body(tmp_path):
+    """DistilBERT's classification head (pre_classifier + ReLU) has no pretune counterpart: body only, said so."""
+    make_hf("distilbert", "gelu", tmp_path / "hf", task="classify")
+    imported = import_folder(tmp_path / "hf", tmp_path / "ckpt")
+    assert imported.config["heads"] == [] and "task" not in imported.config
+    assert any("pre_classifier" in n for n in imported.notes)
 
 
 TASK_CASES = [("bert", "bert-gelu", "classify"), ("bert", "bert-relu-3types", "classify"),

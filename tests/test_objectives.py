@@ -329,7 +329,7 @@ def test_clm_loss_is_next_token_cross_entropy():
         torch.nn.functional.cross_entropy(logits[1, :2], torch.tensor([10, 3]), reduction="none"),
     ])
     assert float(stats["lm_loss"][1]) == 6  # padding is never a target
-    assert float(loss) == pytest.approx(float(manual.mean()), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(manual.detach().mean()), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------- config

@@ -239,6 +239,9 @@ def head_rules(family: str, head: str, p: str) -> list[Rule]:
             "distilbert": ("vocab_transform", "vocab_layer_norm", "vocab_projector.bias"),
         }[family]
         return _pair("heads.mlm.dense", dense) + _pair("heads.mlm.norm", norm) + [Rule("heads.mlm.bias", (bias,))]
+    if head == "nsp":  # BERT's next-sentence head: the base model's pooler + cls.seq_relationship
+        return (_pair("heads.nsp.pooler.dense", f"{p}pooler.dense")
+                + _pair("heads.nsp.classifier", "cls.seq_relationship"))
     if head == "classify":
         if family == "roberta":
             return _pair("head.pooler.dense", "classifier.dense") + _pair("head.classifier", "classifier.out_proj")
@@ -283,7 +286,7 @@ def _kind(hf: dict, family: str, state: dict[str, torch.Tensor]) -> str:
     arch = (hf.get("architectures") or [""])[0]
     if family == "gpt2":
         return "lm"  # GPT-2's LM head is tied: every GPT-2 body is a causal LM
-    if arch.endswith("ForSequenceClassification"):
+    if arch.endswith("ForSequenceClassification") and family != "distilbert":  # DistilBERT's: ReLU, no pooler
         return "classify"
     if arch.endswith("ForTokenClassification"):
         return "tag"
@@ -340,6 +343,9 @@ def convert_folder(path: str | Path) -> Imported:
         raise InputError("RoBERTa's MLM head always uses erf GELU; a hidden_act other than 'gelu' is not supported",
                          path=path)
     rules = body_rules(family, cfg, p, offset) + (head_rules(family, head, p) if head else [])
+    nsp = family == "bert" and kind == "mlm" and "cls.seq_relationship.weight" in state and cfg.type_vocab_size > 1
+    if nsp:
+        rules += head_rules(family, "nsp", p)
     ours = to_ours(rules, state, path)
     used = {k for r in rules for k in r.theirs}
     decoder = TIED_DECODER[family]
@@ -368,9 +374,9 @@ def convert_folder(path: str | Path) -> Imported:
     else:
         if kind == "body":
             notes.append("the folder has no pretraining head: an MLM head starts from random weights")
-        heads = {"mlm": ["mlm"], "lm": ["lm"]}.get(kind, [])
-        config = {"model": cfg.to_dict(), "objective": "clm" if cfg.causal else "mlm", "heads": heads,
-                  "imported_from": source}
+        heads = {"mlm": ["mlm", "nsp"] if nsp else ["mlm"], "lm": ["lm"]}.get(kind, [])
+        objective = "clm" if cfg.causal else "mlm+nsp" if nsp else "mlm"
+        config = {"model": cfg.to_dict(), "objective": objective, "heads": heads, "imported_from": source}
     return Imported(config, ours, tok, notes)
 
 
@@ -619,7 +625,7 @@ def hf_config(cfg: ModelConfig, family: str, architecture: str, tok, labels: lis
 
 
 ARCHITECTURES = {
-    ("bert", "mlm"): "BertForMaskedLM", ("bert", "body"): "BertModel",
+    ("bert", "mlm"): "BertForMaskedLM", ("bert", "body"): "BertModel", ("bert", "pretraining"): "BertForPreTraining",
     ("bert", "classify"): "BertForSequenceClassification", ("bert", "tag"): "BertForTokenClassification",
     ("roberta", "mlm"): "RobertaForMaskedLM", ("roberta", "body"): "RobertaModel",
     ("roberta", "classify"): "RobertaForSequenceClassification", ("roberta", "tag"): "RobertaForTokenClassification",
@@ -658,12 +664,15 @@ def export_hf(checkpoint: str | Path, out: str | Path, family: str = "auto", ove
         kind = "lm"
     else:
         kind = "mlm" if "heads.mlm.bias" in state else "body"
+        if kind == "mlm" and family == "bert" and "heads.nsp.classifier.weight" in state:
+            kind = "pretraining"  # BertForPreTraining: MLM + NSP
         if family == "roberta" and kind == "mlm" and cfg.activation != "gelu":
             raise InputError("RoBERTa's MLM head always uses erf GELU; export this model with --family bert",
                              path=ckpt.path)
     p = "" if kind == "body" else BASE_PREFIX[family]  # base models are saved without the prefix
     offset = cfg.pad_token_id + 1 if family == "roberta" else 0
-    rules = body_rules(family, cfg, p, offset) + head_rules(family, kind, p)
+    heads = ("mlm", "nsp") if kind == "pretraining" else (kind,)
+    rules = body_rules(family, cfg, p, offset) + [r for h in heads for r in head_rules(family, h, p)]
     missing = [r.ours for r in rules if r.ours not in state]
     if missing:
         raise InputError(f"checkpoint lacks {missing[0]!r}: it does not match its config", path=ckpt.path)
