@@ -148,6 +148,10 @@ def run_child(worker: str, spec: dict, quiet: bool, inline: bool = False) -> dic
     return result
 
 
+def sig(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
@@ -278,9 +282,9 @@ def summarise(measure: str, kind: str, spec: dict, runs: dict, peak: dict | None
             rec = {"measure": measure + name[len("pretune"):] + "_flops", "unit": "FLOP/s",
                    "pretune": round(a), "transformers": round(b), "ratio": round(a / b, 3) if b else None,
                    "precision": rs[0].get("precision"),
-                   "pretune_fraction_of_fp32_peak": round(a / peak["fp32"], 3),
-                   "transformers_fraction_of_fp32_peak": round(b / peak["fp32"], 3),
-                   "pretune_fraction_of_bf16_peak": round(a / peak["bf16"], 3),
+                   "pretune_fraction_of_fp32_peak": sig(a / peak["fp32"]),
+                   "transformers_fraction_of_fp32_peak": sig(b / peak["fp32"]),
+                   "pretune_fraction_of_bf16_peak": sig(a / peak["bf16"]),
                    "note": "matmul FLOPs each tool executes (pretune decodes only the selected positions)"}
             print(json.dumps(rec), flush=True)
             out.append(rec)

@@ -59,10 +59,11 @@ def write_json(path: Path, data) -> None:
 PAUSE_ENV = "PRETUNE_TEST_CHECKPOINT_PAUSE"  # "stage=seconds": crash tests kill the process inside a write
 
 
-def _pause(stage: str) -> None:
-    """Test hook: sleep at `stage` (begin | filled | swap) of write_dir_atomic when PAUSE_ENV asks for it."""
+def _pause(stage: str, replacing: bool) -> None:
+    """Test hook: sleep at `stage` (begin | filled | swap) of a write that replaces a directory, when PAUSE_ENV
+    asks for it."""
     want = os.environ.get(PAUSE_ENV)
-    if want and want.split("=")[0] == stage:
+    if replacing and want and want.split("=")[0] == stage:
         time.sleep(float(want.split("=")[1]))
 
 
@@ -86,19 +87,20 @@ def write_dir_atomic(target: Path, fill: Callable[[Path], None]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _pause("begin")
+        replacing = target.exists() or old.exists()
+        _pause("begin", replacing)
         fill(tmp)
         for f in sorted(tmp.rglob("*")):
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        _pause("filled")
+        _pause("filled", replacing)
         recover_dir(target)
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
             os.replace(target, old)
-        _pause("swap")
+        _pause("swap", replacing)
         os.replace(tmp, target)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

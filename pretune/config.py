@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import re
 import tomllib
 import types
 import typing
@@ -31,8 +32,9 @@ def load_toml(path: str | Path) -> dict:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        line = getattr(e, "lineno", None)
-        msg = str(e).split(" (at line")[0]
+        where = re.search(r"\(at line (\d+), column (\d+)\)", str(e))  # Python < 3.14 has no e.lineno
+        line = getattr(e, "lineno", None) or (int(where.group(1)) if where else None)
+        msg = str(e).split(" (at line")[0] + (f" (column {where.group(2)})" if where else "")
         raise InputError(f"invalid TOML: {msg}", path=path, line=line) from None
 
 

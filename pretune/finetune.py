@@ -611,6 +611,8 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     run_cfg = tcfg.resolve(steps_per_epoch, sec.epochs) if isinstance(tcfg, FinetuneTrainConfig) else tcfg
 
     out = Path(sec.out)
+    if out.resolve() == init.path.resolve() or out.resolve() in init.path.resolve().parents:
+        raise InputError("--out holds the checkpoint being fine-tuned; choose another directory", path=out)
     run_record = {"finetune": asdict(sec), "train": asdict(tcfg)}
     prepare_out_dir(out, run_record, resume, overwrite)
     extra = {"fields": sec.fields(), "base_checkpoint": str(init.path), "from_scratch": sec.from_scratch}

@@ -40,7 +40,7 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[tokenizer] min_frequency` | `2` | rarest pair/piece kept |
 | `[tokenizer] lowercase` | `false` | lowercase (and strip accents, WordPiece) before tokenizing |
 | `[pretrain] objective` | `"mlm"` | pretraining objective (`pretune pretrain --help` lists them) |
-| `[pretrain] model_size` | `"base"` | architecture preset: `tiny`, `mini`, `small`, `base`; `[pretrain.model]` overrides |
+| `[pretrain] model_size` | `"base"` | preset `tiny`, `mini`, `small` or `base`; `[pretrain.model]` overrides it |
 | `[pretrain] max_len` | `128` | tokens per packed pretraining sequence |
 | `[pretrain] mask_prob` ... | | the objective's options, as for `pretune pretrain` |
 | `[pretrain] init_from` | none | continue pretraining from this checkpoint (its tokenizer and architecture) |
@@ -81,6 +81,7 @@ DEFAULT_CONFIG = "default.toml"
 TABLES = ("run", "corpus", "tokenizer", "pretrain", "finetune", "sweep")
 # trainer keys that do not change what a stage computes (left out of fingerprints)
 NEUTRAL_TRAIN_KEYS = ("progress", "device", "log_every", "save_every")
+RUN_WIDE = ("device", "progress")  # trainer keys set for every stage in [run]
 
 
 # ---- config -----------------------------------------------------------------------------------------------------
@@ -161,9 +162,9 @@ class PipelineConfig:
             "tokenizer": asdict(self.tokenizer),
             "pretrain": {k: v for k, v in asdict(self.pretrain).items() if k not in owned},
             "pretrain.model": self.model,
-            "pretrain.trainer": asdict(self.pretrain_trainer),
+            "pretrain.trainer": _without(asdict(self.pretrain_trainer), RUN_WIDE),
             "finetune": {k: v for k, v in asdict(self.finetune).items() if k not in owned},
-            "finetune.trainer": asdict(self.finetune_trainer),
+            "finetune.trainer": _without(asdict(self.finetune_trainer), RUN_WIDE),
             "sweep": asdict(self.sweep),
         }
         lines = [f"# resolved from {self.source}"]
@@ -171,6 +172,10 @@ class PipelineConfig:
             lines.append(f"\n[{name}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
         return "\n".join(lines) + "\n"
+
+
+def _without(values: dict, keys) -> dict:
+    return {k: v for k, v in values.items() if k not in keys}
 
 
 def _toml_value(v: Any) -> str:
@@ -292,13 +297,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def _trainer_values(values: dict, run: RunSection, where: str, source) -> dict:
+    """A trainer table with the [run] settings every stage shares: device and progress (only there) and the seed
+    (unless the table sets its own)."""
     if values.get("stop_after") is not None:
         raise InputError(f"[{where}] stop_after is not used by `pretune run`: interrupt the run (Ctrl-C) and run "
                          "it again to continue", path=source)
+    for key in RUN_WIDE:
+        if key in values:
+            raise InputError(f"[{where}] {key}: set it once for every stage in [run] (or with --{key})", path=source)
     values.setdefault("seed", run.seed)
-    values["device"] = run.device
-    values["progress"] = run.progress
-    return values
+    return {**values, "device": run.device, "progress": run.progress}
 
 
 def _refuse_owned(values: dict, keys: tuple[str, ...], table: str, source) -> None:
@@ -563,12 +571,37 @@ def headline(report: dict) -> dict[str, float]:
 
 
 def _support(report: dict) -> int:
-    if isinstance(report.get("support"), int):
-        return int(report["support"])
+    """The number of test examples (sentences for tag/span, where "support" counts entities)."""
     return len(report.get("predictions", []))
 
 
 # ---- statistics, examples, summary -------------------------------------------------------------------------------
+def check_inputs(cfg: PipelineConfig) -> None:
+    """Fail before hours of pretraining, not after: every input file exists, the labeled sets read cleanly, and
+    validation and test use only labels the training set has."""
+    from pretune.data.labeled import LabelMap, read_examples
+
+    if not cfg.run.skip_pretraining:
+        for f in cfg.corpus.files:
+            if not Path(f).is_file():
+                raise InputError("corpus file not found", path=f)
+    if cfg.pretrain.init_from:
+        ck.resolve(cfg.pretrain.init_from)
+    sec = cfg.finetune
+    train = read_examples(sec.train, sec.task, **sec.fields())
+    labels = LabelMap.from_examples(train, sec.task)
+    for path in (sec.validation, sec.test):
+        for ex in read_examples(path, sec.task, **sec.fields()):
+            if sec.task in ("classify", "pair"):
+                names = [ex.label]
+            elif sec.task == "tag":
+                names = ex.tags or []
+            else:
+                names = [lab for _, _, lab in ex.spans or []]
+            for name in names:
+                labels.index(name, path, ex.line)
+
+
 def label_statistics(sec) -> dict:
     """Per split, how often each label occurs (classify/pair: examples; tag: entities; span: spans)."""
     from pretune.data.labeled import read_examples
@@ -674,30 +707,54 @@ def build_examples(cfg: PipelineConfig, stages: dict[str, StageResult], reports:
 
 
 def _token_task_examples(cfg: PipelineConfig, reports: dict[str, dict]) -> list:
-    """tag/span: a few test sentences with gold and predicted entities (no contribution colouring)."""
+    """tag/span: a few test sentences with gold and predicted entities; the pretrained model's entities are
+    highlighted in the sentence (green: right, red: wrong)."""
     from pretune.data.labeled import read_examples
     from pretune.metrics import entity_spans
 
     sec = cfg.finetune
     examples = read_examples(sec.test, sec.task, **sec.fields())
 
-    def entities(tokens, spans) -> str:
+    def as_spans(item) -> set[tuple[int, int, str]]:
+        if isinstance(item, dict) and "tags" in item:
+            return {(s, e, t) for t, s, e in entity_spans(item["tags"])}
+        if isinstance(item, dict):
+            return {(x["start"], x["end"], x["label"]) for x in item["spans"]}
+        if sec.task == "tag":
+            return {(s, e, t) for t, s, e in entity_spans(item.tags or [])}
+        return set(item.spans or [])
+
+    def describe(tokens: list[str], spans: set) -> str:
         return "; ".join(f"{' '.join(tokens[s:e])} ({lab})" for s, e, lab in sorted(spans)) or "none"
 
-    def as_spans(ex_or_pred, i) -> set:
-        if sec.task == "tag":
-            tags = ex_or_pred["tags"] if isinstance(ex_or_pred, dict) else ex_or_pred.tags
-            return {(s, e, t) for t, s, e in entity_spans(tags)}
-        if isinstance(ex_or_pred, dict):
-            return {(x["start"], x["end"], x["label"]) for x in ex_or_pred["spans"]}
-        return set(ex_or_pred.spans or [])
-
-    gold = [entities(ex.tokens, as_spans(ex, i)) for i, ex in enumerate(examples)]
-    preds = {m: [entities(examples[i].tokens, as_spans(p, i)) for i, p in enumerate(r["predictions"])]
-             for m, r in reports.items() if m in ("pretrained", "baseline")}
+    gold_spans = [as_spans(ex) for ex in examples]
+    pred_spans = {m: [as_spans(p) for p in reports[m]["predictions"]] for m in ("pretrained", "baseline")}
+    gold = [describe(ex.tokens, g) for ex, g in zip(examples, gold_spans, strict=True)]
+    preds = {m: [describe(ex.tokens, p) for ex, p in zip(examples, pred_spans[m], strict=True)] for m in pred_spans}
     chosen = pick_examples(gold, preds, cfg.run.examples)
     return [{"index": i, "text": " ".join(examples[i].tokens), "gold": gold[i],
-             "predictions": {m: preds[m][i] for m in preds}, "html": None} for i in chosen]
+             "predictions": {m: preds[m][i] for m in preds},
+             "html": _highlight(examples[i].tokens, pred_spans["pretrained"][i], gold_spans[i])} for i in chosen]
+
+
+def _highlight(tokens: list[str], predicted: set, gold: set) -> str:
+    """The sentence with each predicted span marked: green when it is a gold span, red when not."""
+    import html
+
+    starts = {s: (e, lab) for s, e, lab in sorted(predicted, key=lambda x: (x[0], -x[1]))}
+    out, i = [], 0
+    while i < len(tokens):
+        if i in starts:
+            e, lab = starts[i]
+            color = "40, 160, 60" if (i, e, lab) in gold else "210, 50, 50"
+            text = html.escape(" ".join(tokens[i:e]))
+            out.append(f'<span style="background-color: rgba({color}, 0.35); border-radius: 3px" '
+                       f'title="{html.escape(lab)}">{text} <sub>{html.escape(lab)}</sub></span>')
+            i = max(e, i + 1)
+        else:
+            out.append(html.escape(tokens[i]))
+            i += 1
+    return " ".join(out)
 
 
 def build_summary(cfg: PipelineConfig, stages: dict[str, StageResult], evaluation: StageResult,
@@ -790,6 +847,7 @@ def prepare_run_dir(root: Path, cfg: PipelineConfig) -> None:
 def run_pipeline(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
     """Run (or bring up to date) every stage; returns the summary (also in report/summary.json)."""
     wall_start = time.perf_counter()
+    check_inputs(cfg)
     root = Path(cfg.run.out).resolve()
     prepare_run_dir(root, cfg)
     runner = Runner(root, force=force, log=log)

@@ -56,7 +56,8 @@ def format_summary(summary: dict) -> str:
     keys = [k for k in HEADLINE_KEYS if any(k in models[m].get("test", {}) for m in names)]
     has_gain = len(names) == 2
     width = max(len(k) for k in [*keys, "metric", "labels used"])
-    header = f"{'metric':<{width}}  " + "  ".join(f"{m:>10}" for m in names) + ("  " + f"{'gain':>8}" if has_gain else "")
+    header = f"{'metric':<{width}}  " + "  ".join(f"{m:>10}" for m in names)
+    header += f"  {'gain':>8}" if has_gain else ""
     lines = [f"test set ({summary.get('task', '?')}, {summary.get('test_size', '?')} examples)", header,
              "-" * len(header)]
     for k in keys:
@@ -67,11 +68,12 @@ def format_summary(summary: dict) -> str:
         lines.append(row)
     n_train = [models[m].get("n_train") for m in names]
     lines.append(f"{'labels used':<{width}}  " + "  ".join(f"{n if n is not None else '-':>10}" for n in n_train))
+    sweep_metric = summary.get("sweep_metric", "")
     for point in summary.get("sweep", []):
-        cells = [point.get(m, {}).get(summary.get("sweep_metric", ""), None) for m in names]
+        cells = [point.get(m, {}).get(sweep_metric) for m in names]
         text = "  ".join(f"{v:>10.4f}" if v is not None else f"{'-':>10}" for v in cells)
-        lines.append(f"{'sweep ' + _percent(point['fraction']):<{width}}  {text}   ({point.get('n_train', '?')} labels, "
-                     f"{summary.get('sweep_metric', '')})")
+        name = "sweep " + _percent(point["fraction"])
+        lines.append(f"{name:<{width}}  {text}   ({point.get('n_train', '?')} labels, {sweep_metric})")
     return "\n".join(lines)
 
 
@@ -235,7 +237,8 @@ def short_labels(labels: list[str]) -> list[str]:
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1100px;
        padding: 1.5em 2em 4em; color: #222; line-height: 1.45; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
 .sub { color: #666; margin-top: 0; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
@@ -371,12 +374,17 @@ def _per_class_table(reports: dict[str, dict], key: str) -> str:
 def _examples_section(data: ReportData) -> str:
     if not data.examples:
         return "<p>No examples.</p>"
-    out = ['<p class="note">Test examples; the text is coloured by each token\'s contribution to the pretrained '
-           "model's prediction (green: towards the predicted label, red: against it).</p>"]
+    if data.summary.get("explain_method"):
+        note = ("the text is coloured by each token's contribution to the pretrained model's prediction (green: "
+                "towards the predicted label, red: against it)")
+    else:
+        note = "the pretrained model's entities are highlighted (green: a gold entity, red: not one)"
+    out = [f'<p class="note">Test examples, picked where pretraining made the difference first; {note}.</p>']
     for ex in data.examples:
         preds = []
         for name, label in ex.get("predictions", {}).items():
-            mark = '<span class="ok">&#10003;</span>' if label == ex.get("gold") else '<span class="bad">&#10007;</span>'
+            right = label == ex.get("gold")
+            mark = '<span class="ok">&#10003;</span>' if right else '<span class="bad">&#10007;</span>'
             preds.append(f"{_esc(name)}: <b>{_esc(label)}</b> {mark}")
         meta = f"gold: <b>{_esc(ex.get('gold'))}</b> &middot; " + " &middot; ".join(preds)
         body = ex.get("html") or _esc(ex.get("text", ""))

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from pretune import checkpoint as ck
 from pretune.cli import main
 
-STEPS = 12
+STEPS = 8
 ARGS = ["--model-size", "tiny", "--max-len", "32", "--batch-size", "8", "--lr", "2e-3", "--max-steps", str(STEPS),
         "--warmup-steps", "2", "--log-every", "1", "--save-every", "2", "--eval-every", "6", "--eval-batches", "2",
         "--no-progress", "--seed", "11", "--device", "cpu"]
@@ -123,14 +123,14 @@ def assert_resumes_like_reference(shards: Path, run: Path, reference: Path) -> i
 
 
 def test_sigkill_between_moving_the_old_checkpoint_aside_and_renaming_the_new(shards, reference, tmp_path):
-    """The narrowest window: last/ is gone, .last.old holds step 4, .last.tmp the complete step 6."""
+    """The narrowest window: last/ is gone, .last.old holds step 2, .last.tmp the complete step 4."""
     run = tmp_path / "run"
     proc = start(shards, run, pause="swap=30")
-    wait_for(proc, lambda: not (run / "last").exists() and step_of(run / ".last.old") == 4
-             and step_of(run / ".last.tmp") == 6)
+    wait_for(proc, lambda: not (run / "last").exists() and step_of(run / ".last.old") == 2
+             and step_of(run / ".last.tmp") == 4)
     kill(proc)
     assert ck.resolve(run) == run / ".last.old"  # readers find the complete previous checkpoint
-    assert assert_resumes_like_reference(shards, run, reference) == 4
+    assert assert_resumes_like_reference(shards, run, reference) == 2
 
 
 def test_sigkill_at_a_random_moment_of_training(shards, reference, tmp_path):
@@ -231,7 +231,7 @@ def test_inf_loss_with_on_nan_skip_skips_the_batch_and_counts_it(shards, tmp_pat
 
 def test_skipped_step_leaves_the_weights_alone():
     """Loop level: the poisoned step changes no parameter, the others do; the schedule still advances."""
-    from pretune.train import BatchSource, Trainer, TrainConfig
+    from pretune.train import BatchSource, TrainConfig, Trainer
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)

@@ -319,6 +319,8 @@ def _bad_cases(tmp_path: Path, ckpt: Path) -> list[tuple[str, list, str]]:
                                           "--from", no_tok], "has no tokenizer.json"),
         ("max_len beyond positions", ["--task", "classify", "--train", good_csv, "--validation", good_csv,
                                       "--max-len", "4096"], "beyond the checkpoint's 128 positions"),
+        ("out holds the checkpoint", ["--task", "classify", "--train", good_csv, "--validation", good_csv,
+                                      "--from", tmp_path / "out" / "ckpt"], "holds the checkpoint being fine-tuned"),
     ]
     return cases
 
@@ -327,6 +329,10 @@ def test_bad_input_fails_cleanly_and_leaves_the_out_dir(tiny_ckpt, tmp_path, cap
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("an earlier run")
+    (out / "ckpt").mkdir()
+    for f in tiny_ckpt.iterdir():
+        (out / "ckpt" / f.name).write_bytes(f.read_bytes())
+    kept = sorted(p.name for p in out.iterdir())
     for name, extra, expected in _bad_cases(tmp_path, tiny_ckpt):
         args = ["finetune", "--from", tiny_ckpt, "--out", out, "--overwrite", "--epochs", "1", "--no-progress",
                 *extra]
@@ -335,7 +341,7 @@ def test_bad_input_fails_cleanly_and_leaves_the_out_dir(tiny_ckpt, tmp_path, cap
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("pretune: error: "), (name, err)
         assert expected in lines[0], (name, lines[0])
-        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"], name  # --overwrite did not wipe it
+        assert sorted(p.name for p in out.iterdir()) == kept, name  # --overwrite did not wipe it
     code, _, err = run_cli(["finetune", "--from", tiny_ckpt, "--out", out, "--task", "classify", "--train",
                             tmp_path / "good.csv", "--validation", tmp_path / "good.csv"], capsys)
     assert code == 2 and "already holds files" in err

@@ -334,8 +334,10 @@ def native_checkpoint(d: Path, kind: str, causal: bool, seed: int = 0):
     return model, tok
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("causal", [False, True], ids=["mlm", "clm"])
+NATIVE = [(kind, False) for kind in KINDS] + [("bytelevel-bpe", True), ("wordpiece", True)]
+
+
+@pytest.mark.parametrize("kind,causal", NATIVE, ids=[f"{k}-{'clm' if c else 'mlm'}" for k, c in NATIVE])
 def test_export_native_checkpoint(tmp_path, kind, causal):
     model, tok = native_checkpoint(tmp_path / "ckpt", kind, causal)
     export_hf(tmp_path / "ckpt", tmp_path / "hf")
@@ -358,6 +360,23 @@ def test_export_native_checkpoint(tmp_path, kind, causal):
             pair = htok(text, "the cat")
             assert pair["input_ids"] == [s.cls, *mine.ids, s.sep, *tok.encode("the cat").ids, s.sep]
             assert pair["token_type_ids"] == [0] * (len(mine.ids) + 2) + [1] * (len(tok.encode("the cat").ids) + 1)
+
+
+def test_export_encoder_without_segment_embeddings(tmp_path):
+    """type_vocab_size 0 has no BERT counterpart: a zero segment table of one row stands in, outputs unchanged."""
+    tok = train_tokenizer(CORPUS, kind="wordpiece", vocab_size=200, min_frequency=1)
+    cfg = ModelConfig.from_dict(dict(PRESETS["tiny"], vocab_size=tok.vocab_size, type_vocab_size=0))
+    model = PretrainModel(cfg, {"mlm": MLMHead(cfg)}).eval()
+    randomize(model)
+    ck.save_checkpoint(tmp_path / "ckpt", model, {"model": cfg.to_dict(), "objective": "mlm", "heads": ["mlm"]}, tok)
+    export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    hf = load_exported(tmp_path / "hf", transformers.AutoModelForMaskedLM)
+    assert hf.config.type_vocab_size == 1
+    htok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert "token_type_ids" not in htok("the cat", "a dog")
+    ids, mask, _ = batch(cfg.vocab_size)
+    with torch.no_grad():
+        assert max_diff(hf(input_ids=ids, attention_mask=mask).logits, pretune_logits(model, ids, mask), mask) < TOL
 
 
 TASKS_OUT = [("classify", "wordpiece", "auto"), ("pair", "bytelevel-bpe", "roberta"), ("tag", "wordpiece", "auto")]

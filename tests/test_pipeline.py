@@ -274,6 +274,7 @@ def test_overrides_and_bad_config(tmp_path, capsys):
         "[pretrain.trainer]\nstop_after = 3\n": "stop_after",
         "[run]\nskip_pretraining = true\n": "init_from",
         "[sweep]\nlabel_fractions = [0.0]\n": "(0, 1]",
+        "[finetune.trainer]\ndevice = 'cpu'\n": "set it once for every stage in [run]",
     }
     base = (default_config_path()).read_text()
     for i, (extra, message) in enumerate(bad.items()):
@@ -316,3 +317,38 @@ def test_pick_examples_prefers_wins_then_spreads():
     assert any(i in (2, 3, 4) for i in chosen) and any(i >= 5 for i in chosen)
     assert pick_examples(gold, {"pretrained": pre, "baseline": base}, 0) == []
     assert len(pick_examples(gold[:2], {"pretrained": pre[:2], "baseline": base[:2]}, 6)) == 2
+
+
+def test_highlight_marks_right_and_wrong_entities():
+    from pretune.pipeline import _highlight
+
+    html = _highlight(["the", "red", "fox", "<ran>"], {(1, 3, "animal"), (3, 4, "motion")}, {(1, 3, "animal")})
+    assert html.count("<span") == 2
+    right, wrong = html.split("</span>")[:2]
+    assert "40, 160, 60" in right and "red fox" in right and "animal" in right
+    assert "210, 50, 50" in wrong and "&lt;ran&gt;" in wrong
+    assert html.startswith("the ")
+
+
+def test_label_statistics_count_entities_for_tagging(tmp_path):
+    from pretune.pipeline import label_statistics
+
+    conll = "a B-x\nb I-x\nc O\nd B-y\n\ne B-x\nf O\n"
+    for split in ("train", "validation", "test"):
+        (tmp_path / f"{split}.conll").write_text(conll)
+    cfg = load_config(None, ["finetune.task=\"tag\"", *[f"finetune.{s}=\"{tmp_path / (s + '.conll')}\""
+                                                         for s in ("train", "validation", "test")]])
+    stats = label_statistics(cfg.finetune)
+    assert stats["unit"] == "entities"
+    assert stats["counts"]["train"] == {"x": 2, "y": 1}
+    assert "train: 2 sentences" in stats["note"]
+
+
+def test_bad_labeled_data_fails_before_any_stage(tmp_path, capsys):
+    config = make_tiny(tmp_path / "data")
+    with open(config.parent / "validation.csv", "a", encoding="utf-8") as f:
+        f.write("a gloss of a class training never saw,noun.bogus\n")
+    code, _, err = run(config, tmp_path / "run", capsys)
+    assert code == 2
+    assert "validation.csv:42:" in err and "noun.bogus" in err
+    assert not (tmp_path / "run").exists()

@@ -137,7 +137,7 @@ def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
 def _delimited_documents(path: Path, field: str, delimiter: str) -> Iterator[str]:
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
     lines = (text for _, text in _decoded_lines(path))
-    reader = csv.reader(lines, delimiter=delimiter)
+    reader = csv.reader(lines, delimiter=delimiter, strict=delimiter == ",")  # strict: an unclosed quote is an error
     kind = "tsv" if delimiter == "\t" else "csv"
     start = 1  # line on which the current record starts
     try:
@@ -200,6 +200,8 @@ def iter_corpus(paths: Sequence[str | os.PathLike], **kw: Any) -> Iterator[str]:
             n += 1
             yield doc
     if n == 0:
+        if len(files) == 1:
+            raise InputError("the corpus contains no documents (all empty or blank)", path=files[0])
         raise InputError(f"the corpus contains no documents (all empty or blank): {', '.join(map(str, files))}")
 
 
