@@ -157,7 +157,7 @@ def cmd_generate(args) -> None:
 
 
 def register_cli(subparsers) -> None:
-    """`pretune generate` (and `pretune vocab extend`, defined in pretune.vocab)."""
+    """`pretune generate`."""
     g = subparsers.add_parser("generate", help="continue a prompt with a causal (clm) model",
                               description="Sample text from a causal checkpoint: greedy, or with temperature, "
                                           "top-k and top-p; stops at the end token.")
@@ -171,7 +171,3 @@ def register_cli(subparsers) -> None:
     g.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     g.set_defaults(func=cmd_generate)
-
-    from pretune.vocab import register_cli as register_vocab
-
-    register_vocab(subparsers)

@@ -453,7 +453,7 @@ def stage_shards(runner: Runner, cfg: PipelineConfig, tok_stage: StageResult) ->
     from pretune.data.corpus import prepare_corpus
     from pretune.tokenizer import PretuneTokenizer
 
-    inputs = {"tokenizer": tok_stage.fingerprint, "corpus": _corpus_inputs(cfg),
+    inputs = {"tokenizer": tok_stage.result["sha256"], "corpus": _corpus_inputs(cfg),
               "validation_fraction": cfg.corpus.validation_fraction, "seed": cfg.run.seed}
 
     def work(d: Path, resume: bool) -> dict:
@@ -538,10 +538,10 @@ def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: P
 def stage_evaluate(runner: Runner, cfg: PipelineConfig, models: dict[str, StageResult]) -> StageResult:
     """Every model on the test set: evaluate/<model>.json with metrics, confusion/per-type scores, predictions."""
     from pretune.finetune import evaluate_file, load_task_model
+    from pretune.report import headline_metrics
 
     test = cfg.finetune.test
-    inputs = {"test": file_hash(test), "models": {n: s.fingerprint for n, s in models.items()},
-              "batch_size": cfg.finetune_trainer.batch_size}
+    inputs = {"test": file_hash(test), "models": {n: s.fingerprint for n, s in models.items()}}
 
     def work(d: Path, resume: bool) -> dict:
         from pretune.train import resolve_device
@@ -553,7 +553,7 @@ def stage_evaluate(runner: Runner, cfg: PipelineConfig, models: dict[str, StageR
             loaded = load_task_model(st.directory / "model", device=device)
             report = evaluate_file(loaded, test, batch_size=max(32, cfg.finetune_trainer.batch_size * 2))
             ck.write_json(d / f"{_file_name(name)}.json", report)
-            scores[name] = headline(report)
+            scores[name] = headline_metrics(report)
             runner.log(f"  {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores[name].items()))
         return {"test": scores, "test_size": _support(report)}
 
@@ -562,12 +562,6 @@ def stage_evaluate(runner: Runner, cfg: PipelineConfig, models: dict[str, StageR
 
 def _file_name(model: str) -> str:
     return model.replace("/", "_")
-
-
-def headline(report: dict) -> dict[str, float]:
-    from pretune.report import headline_metrics
-
-    return headline_metrics(report)
 
 
 def _support(report: dict) -> int:
@@ -855,14 +849,13 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
 
     if cfg.run.skip_pretraining:
         base = ck.resolve(cfg.pretrain.init_from)
-        base_fp: dict = {"weights": file_hash(base / ck.WEIGHTS), **architecture_fp(base)}
     else:
         tok = stage_tokenizer(runner, cfg)
         shards = stage_shards(runner, cfg, tok)
-        pre = stage_pretrain(runner, cfg, shards)
-        base = pre.directory / "model"
-        base_fp = {"pretrain": pre.fingerprint}
+        base = stage_pretrain(runner, cfg, shards).directory / "model"
+    # fine-tuning depends on the pretrained weights; the baseline only on the architecture and the tokenizer
     arch_fp = architecture_fp(base)
+    base_fp = {"weights": file_hash(base / ck.WEIGHTS), **arch_fp}
     sec = cfg.finetune
     models = {
         "pretrained": stage_finetune(runner, cfg, "finetune", base, base_fp, from_scratch=False),

@@ -134,9 +134,7 @@ def cmd_vocab_extend(args) -> None:
 
 
 def register_cli(subparsers) -> None:
-    """`pretune vocab extend TOKENIZER WORDS --out FILE` (skipped when already registered)."""
-    if "vocab" in subparsers.choices:
-        return
+    """`pretune vocab extend TOKENIZER WORDS --out FILE`."""
     v = subparsers.add_parser("vocab", help="extend a tokenizer with domain words")
     v_sub = v.add_subparsers(dest="vocab_command", required=True, metavar="ACTION")
     e = v_sub.add_parser("extend", help="add words (one per line) to a tokenizer, as pretrain --add-tokens will")

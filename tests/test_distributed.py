@@ -197,3 +197,51 @@ def test_local_rows_partition_the_global_batch(monkeypatch):
     assert parts[0]["input_ids"].tolist() == [[0, 1], [4, 5], [8, 9]]
     assert sorted(parts[0]["labels"].tolist() + parts[1]["labels"].tolist()) == list(range(5))
     assert parts[1]["note"] == "kept"
+
+
+@pytest.fixture(scope="module")
+def no_dropout_ckpt(tmp_path_factory) -> Path:
+    """A random `tiny` checkpoint without dropout (so fine-tuning is deterministic), WordPiece vocabulary of 600."""
+    import csv
+
+    from conftest import WORDNET
+
+    from pretune.checkpoint import save_checkpoint
+    from pretune.model.transformer import PRESETS, ModelConfig, Transformer
+    from pretune.tokenizer import train_tokenizer
+
+    with open(WORDNET / "supersense_train.csv", encoding="utf-8") as f:
+        texts = [row["text"] for row in csv.DictReader(f)]
+    tok = train_tokenizer(texts, vocab_size=600, lowercase=True)
+    torch.manual_seed(5)
+    cfg = ModelConfig(**{**PRESETS["tiny"], "vocab_size": tok.vocab_size, "pad_token_id": tok.specials.pad,
+                         "dropout": 0.0, "attention_dropout": 0.0})
+    holder = torch.nn.Module()
+    holder.body = Transformer(cfg)
+    out = tmp_path_factory.mktemp("nodrop") / "model"
+    save_checkpoint(out, holder, {"model": cfg.to_dict(), "objective": "mlm", "heads": []}, tok)
+    return out
+
+
+def test_finetune_tagging_on_two_ranks_equals_one_process(no_dropout_ckpt, tmp_path):
+    """Token tagging: ranks hold different numbers of labeled subwords, so the exact global mean needs the
+    label-count weighting of the loss; validation (run on every rank) and the best model agree too."""
+    from conftest import WORDNET
+
+    lines = (WORDNET / "tagging_train.conll").read_text(encoding="utf-8").split("\n\n")
+    (tmp_path / "train.conll").write_text("\n\n".join(lines[:48]) + "\n", encoding="utf-8")
+    (tmp_path / "val.conll").write_text("\n\n".join(lines[:16]) + "\n", encoding="utf-8")  # labels seen in train
+    common = ["finetune", "--from", str(no_dropout_ckpt), "--task", "tag", "--train", str(tmp_path / "train.conll"),
+              "--validation", str(tmp_path / "val.conll"), "--max-steps", "6", "--eval-every", "3", "--save-every",
+              "3", "--log-every", "1", "--lr", "1e-3", "--no-progress", "--device", "cpu", "--precision", "fp32"]
+    assert main([*common, "--out", str(tmp_path / "one"), "--batch-size", "8"]) == 0
+    launch([*common, "--out", str(tmp_path / "two"), "--batch-size", "4"])
+    one, two = records(tmp_path / "one", "train"), records(tmp_path / "two", "train")
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    for s in one:
+        assert two[s]["loss"] == pytest.approx(one[s]["loss"], rel=LOSS_RTOL)
+    v1, v2 = records(tmp_path / "one", "validation"), records(tmp_path / "two", "validation")
+    assert sorted(v1) == sorted(v2) == [3, 6]
+    for s in v1:
+        assert v2[s]["loss"] == pytest.approx(v1[s]["loss"], rel=LOSS_RTOL) and v2[s]["f1"] == v1[s]["f1"]
+    assert_same_weights(tmp_path / "two" / "model", tmp_path / "one" / "model")
