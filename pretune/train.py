@@ -385,6 +385,11 @@ class Trainer:
                 torch.cuda.set_rng_state_all(opt["rng_cuda"])
         else:  # one saved generator cannot serve every rank: derive each rank's from the step
             torch.manual_seed(_rank_seed(self.cfg.seed, self.step))
+        saved_batch = state["batches"].get("global_batch", self.batches.global_batch)
+        if saved_batch != self.batches.global_batch and dist.is_main():
+            print(f"pretune: note: the checkpoint was written with global batches of {saved_batch} sequences "
+                  f"({state.get('world_size', 1)} ranks), this run uses {self.batches.global_batch} "
+                  f"({dist.world_size()} ranks); the epoch goes on after the items already seen", file=sys.stderr)
         self.batches.load_state_dict(state["batches"])
         self.best, self.bad_evals = state.get("best"), int(state.get("bad_evals", 0))
         self.skipped = int(state.get("skipped_batches", 0))

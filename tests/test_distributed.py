@@ -33,7 +33,7 @@ BASE = ["--model-size", "tiny", "--max-len", "32", "--lr", "3e-3", "--max-steps"
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    """2000 WordNet glosses, a 1000-token WordPiece vocabulary, shards."""
+    """1000 WordNet glosses, a 600-token WordPiece vocabulary, shards."""
     import gzip
     import itertools
 
@@ -41,8 +41,8 @@ def shards(tmp_path_factory) -> Path:
 
     d = tmp_path_factory.mktemp("dist")
     with gzip.open(WORDNET / "corpus.txt.gz", "rt", encoding="utf-8") as f:
-        (d / "corpus.txt").write_text("".join(itertools.islice(f, 2000)), encoding="utf-8")
-    assert main(["tokenizer", "train", str(d / "corpus.txt"), "--vocab-size", "1000", "--lowercase",
+        (d / "corpus.txt").write_text("".join(itertools.islice(f, 1000)), encoding="utf-8")
+    assert main(["tokenizer", "train", str(d / "corpus.txt"), "--vocab-size", "600", "--lowercase",
                  "--out", str(d / "tok.json")]) == 0
     assert main(["prepare", str(d / "corpus.txt"), "--tokenizer", str(d / "tok.json"), "--out", str(d / "shards")]) == 0
     return d / "shards"

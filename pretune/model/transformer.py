@@ -137,7 +137,8 @@ class Embeddings(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        # causal (GPT-2 style) vocabularies often pad with their end-of-text token, which must keep learning
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=None if cfg.causal else cfg.pad_token_id)
         self.position = nn.Embedding(cfg.max_positions, cfg.hidden_size)
         self.segment = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.type_vocab_size else None
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.embedding_layer_norm else None
@@ -151,8 +152,8 @@ class Embeddings(nn.Module):
         if self.segment is not None:
             if token_type_ids is None:
                 x = x + self.segment.weight[0]
-            else:
-                x = x + self.segment(token_type_ids)
+            else:  # a single-segment model (RoBERTa) reads every token as segment 0
+                x = x + self.segment(token_type_ids.clamp(max=self.segment.num_embeddings - 1))
         if self.norm is not None:
             x = self.norm(x)
         return self.dropout(x)
