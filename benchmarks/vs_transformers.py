@@ -148,8 +148,8 @@ def run_child(worker: str, spec: dict, quiet: bool, inline: bool = False) -> dic
     return result
 
 
-def sig(x: float) -> float:
-    return float(f"{x:.3g}")
+def sig(x: float, digits: int = 3) -> float:
+    return float(f"{x:.{digits}g}")
 
 
 def median(values: list[float]) -> float:
@@ -158,12 +158,12 @@ def median(values: list[float]) -> float:
 
 def line(measure: str, unit: str, pt: list[float], hf: list[float], better: str = "higher", **extra) -> dict:
     a, b = median(pt), median(hf)
-    rec = {"measure": measure, "unit": unit, "pretune": round(a, 2), "transformers": round(b, 2),
-           "ratio": round(a / b, 3) if b else None, "better": better,
-           "runs": {"pretune": [round(x, 2) for x in pt], "transformers": [round(x, 2) for x in hf]}}
+    rec = {"measure": measure, "unit": unit, "pretune": sig(a, 5), "transformers": sig(b, 5),
+           "ratio": sig(a / b) if b else None, "better": better,
+           "runs": {"pretune": [sig(x, 5) for x in pt], "transformers": [sig(x, 5) for x in hf]}}
     cpu = extra.pop("cpu", None)
     if cpu is not None:  # the same rates per CPU-second: steadier than wall time on a shared machine
-        rec["ratio_cpu_time"] = round(median(cpu[0]) / median(cpu[1]), 3)
+        rec["ratio_cpu_time"] = sig(median(cpu[0]) / median(cpu[1]))
     rec.update(extra)
     print(json.dumps(rec), flush=True)
     return rec

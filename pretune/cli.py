@@ -162,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except OSError as e:  # a full disk, a permission: name the file, keep the traceback out of the user's way
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"pretune: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_INPUT
     return 0
 
 

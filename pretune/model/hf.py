@@ -83,7 +83,7 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
             weight_map = ck.read_json(path / index).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise InputError("expected a 'weight_map' object", path=path / index)
-            files = [path / name for name in sorted(set(weight_map.values()))]
+            files = [ck.child_path(path, str(name)) for name in sorted(set(weight_map.values()))]
         else:
             continue
         state: dict[str, torch.Tensor] = {}
