@@ -133,7 +133,7 @@ def child_path(root: str | Path, name: str) -> Path:
     root = Path(root)
     candidate = (root / name).resolve()
     if not name or name != Path(name).name or name in (".", "..") or candidate.parent != root.resolve():
-        raise InputError(f"refusing the file name {name!r}: it would leave the directory", path=root)
+        raise InputError(f"refusing the file name {name!r}: it would leave the output directory", path=root)
     return root / name
 
 
