@@ -321,6 +321,10 @@ def build_tagging(
                 used.add(i)
                 chosen.append(sent)
         out[split] = chosen
+    # a label that training never sees cannot be learned, and fine-tuning rejects it: keep held-out splits to train's
+    train_labels = {t.label for t in out["train"]}
+    for split in ("validation", "test"):
+        out[split] = [t for t in out[split] if t.label in train_labels]
     return out
 
 
