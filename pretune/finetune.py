@@ -688,9 +688,10 @@ def cmd_finetune(args) -> None:
     dist.setup()
     try:
         result = finetune(sections, resume=args.resume, overwrite=args.overwrite, source=args.config)
+        main_rank = dist.is_main()  # asked before teardown: afterwards every process reports rank 0
     finally:
         dist.teardown()
-    if not dist.is_main():
+    if not main_rank:
         return
     best = result["best"]
     print(f"best validation {result['metric']}: {best:.4f}" if best is not None else "no validation result")
