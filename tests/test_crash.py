@@ -32,6 +32,16 @@ ARGS = ["--model-size", "tiny", "--max-len", "32", "--batch-size", "8", "--lr", 
         "--no-progress", "--seed", "11", "--device", "cpu"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """In-process runs and the subprocesses they are compared with use the same thread count: float reductions
+    (and so the last bits of every loss) depend on how the work is split between threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     import gzip
@@ -56,7 +66,7 @@ def reference(shards, tmp_path_factory) -> Path:
 
 
 def start(shards: Path, run: Path, pause: str | None = None) -> subprocess.Popen:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}  # as the in-process runs (one_thread)
     env.pop(ck.PAUSE_ENV, None)
     if pause:
         env[ck.PAUSE_ENV] = pause
