@@ -9,7 +9,6 @@ SIGINT/SIGTERM (checkpoint first), and a clear stop on a NaN/inf loss.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import random
@@ -119,27 +118,6 @@ def use_bf16(precision: str, device: torch.device) -> bool:
             return torch.cuda.is_bf16_supported()
         return device.type == "cpu" and cpu_has_bf16()
     return False
-
-
-_allocator_tuned = False
-
-
-def tune_cpu_allocator() -> bool:
-    """Let glibc's malloc keep freed memory for reuse: no mmap for large blocks, no trimming of the heap.
-
-    By default every block over 32 MB (the [N, V] logits of an MLM step, BERT-base's embedding gradient) gets a fresh
-    mmap that is unmapped on free, so each training step page-faults it in again: 15-20% of a CPU MLM step. The peak
-    is unchanged; memory freed is kept by the process instead of returned to the system. Linux with glibc only (a
-    no-op elsewhere); returns whether the setting is in effect."""
-    global _allocator_tuned
-    if not _allocator_tuned and sys.platform.startswith("linux"):
-        try:
-            mallopt = ctypes.CDLL("libc.so.6").mallopt
-        except (OSError, AttributeError):  # not glibc
-            return False
-        m_trim_threshold, m_mmap_max = -1, -4
-        _allocator_tuned = bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
-    return _allocator_tuned
 
 
 def seed_everything(seed: int) -> None:
@@ -324,8 +302,6 @@ class Trainer:
     ):
         self.cfg, self.out = cfg, Path(out_dir)
         self.device = resolve_device(cfg.device)
-        if self.device.type == "cpu":
-            tune_cpu_allocator()
         self.bf16 = use_bf16(cfg.precision, self.device)
         self.model = model.to(self.device)
         self.batches, self.loss_fn, self.save_model = batches, loss_fn, save_model
