@@ -63,6 +63,7 @@ def test_every_measure_inline(tmp_path, capsys):
     assert per_token_pt < per_token_hf
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch and transformers: ~12 s
 def test_child_processes_and_cache_reuse(tmp_path):
     cache = tmp_path / "cache"
     cmd = [sys.executable, str(SCRIPT), *TINY, "--cache", str(cache), "--measures", "infer_embed"]
