@@ -97,6 +97,7 @@ def prepare(cache: Path, vocab_size: int, seq_len: int, corpus_lines: int) -> di
     from pretune.data.corpus import PackedSequences, TokenShards, prepare_corpus
     from pretune.tokenizer import PretuneTokenizer, train_tokenizer
 
+    cache = cache / f"vocab{vocab_size}-lines{corpus_lines or 'all'}"  # what the files below depend on
     cache.mkdir(parents=True, exist_ok=True)
     tok_path, hf_path = cache / "tokenizer.json", cache / "hf_tokenizer.json"
     shards, seqs = cache / "shards", cache / f"sequences_{seq_len}.npy"

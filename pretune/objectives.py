@@ -192,16 +192,18 @@ def mlm_loss(model: PretrainModel, hidden: torch.Tensor, labels: torch.Tensor, h
 
 
 class SumCrossEntropy(torch.autograd.Function):
-    """(summed cross-entropy, argmax) of [N, V] logits of any float dtype, computed in fp32 a few rows at a time.
+    """(summed cross-entropy, argmax) of [N, V] logits of any float dtype, computed in fp32 a block of rows at a time.
 
     F.cross_entropy(logits.float()) makes four fp32 [N, V] tensors per step (the cast, the log-softmax it keeps for
-    backward, the gradient and its zeros); on a CPU each is a fresh mmap that page-faults in. Here only [rows, V]
-    blocks that stay in cache are made, backward rebuilds the softmax from the logits and their log-sum-exp, and
-    the gradient is written once in the logits' dtype: the decoder + loss of a bf16 MLM step is about 1.6x faster."""
+    backward, the gradient and its zeros); on a CPU each is a fresh mmap that page-faults in. Here only blocks of
+    about 4M elements are made (few enough ops that thread synchronisation stays cheap), backward rebuilds the
+    softmax from the logits and their log-sum-exp, and the gradient is written once in the logits' dtype: the
+    decoder + loss of a bf16 MLM step is about 1.45x faster on a CPU."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, rows: int = 32):
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, rows: int | None = None):
         N = logits.shape[0]
+        rows = rows or max(1, (1 << 22) // logits.shape[1])
         lse = torch.empty(N, dtype=torch.float32, device=logits.device)  # log-sum-exp per row
         pred = torch.empty(N, dtype=torch.long, device=logits.device)
         for a in range(0, N, rows):

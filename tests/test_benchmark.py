@@ -74,7 +74,11 @@ def test_child_processes_and_cache_reuse(tmp_path):
     _check_pair(got["infer_embed_tokens_per_s"])
     # each tool ran in its own process: its peak memory is its own (both at least the size of a torch import)
     assert got["infer_embed_peak_rss_mb"]["pretune"] > 50 and got["infer_embed_peak_rss_mb"]["transformers"] > 50
-    assert {p.name for p in cache.iterdir()} >= {"tokenizer.json", "hf_tokenizer.json", "shards"}
+    (kept,) = cache.iterdir()  # one directory per vocabulary size and corpus cut
+    assert {p.name for p in kept.iterdir()} >= {"tokenizer.json", "hf_tokenizer.json", "shards"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # reuses it
+    assert out.returncode == 0, out.stderr
+    assert [p.name for p in cache.iterdir()] == [kept.name]
 
 
 def test_unknown_measure_is_refused():
@@ -137,3 +141,30 @@ def test_training_speed_settings():
     assert adamw([{"params": [w]}], TrainConfig(), torch.device("cpu"), fused=False).defaults["foreach"] is True
     assert use_bf16("auto", torch.device("cpu")) == cpu_has_bf16()
     assert not use_bf16("fp32", torch.device("cpu")) and use_bf16("bf16", torch.device("cpu"))
+
+
+def test_blocked_cross_entropy_matches_torch():
+    import torch
+    import torch.nn.functional as F
+
+    from pretune.objectives import SumCrossEntropy
+
+    torch.manual_seed(0)
+    targets = torch.randint(50, (13,))
+    for dtype in (torch.float32, torch.bfloat16):
+        base = (torch.randn(13, 50) * 3).to(dtype)
+        for rows in (None, 4):  # one block / several blocks with a short last one
+            a = base.clone().requires_grad_()
+            loss, pred = SumCrossEntropy.apply(a, targets, rows)
+            (loss / 13).backward()
+            b = base.clone().requires_grad_()
+            want = F.cross_entropy(b.float(), targets, reduction="sum")
+            (want / 13).backward()
+            torch.testing.assert_close(loss, want)
+            assert torch.equal(pred, b.detach().float().argmax(-1))
+            assert a.grad.dtype == dtype
+            torch.testing.assert_close(a.grad.float(), b.grad.float())
+    empty = torch.zeros(0, 50, requires_grad=True)
+    loss, pred = SumCrossEntropy.apply(empty, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and pred.shape == (0,) and empty.grad.shape == (0, 50)
