@@ -129,6 +129,9 @@ def test_ddp_two_ranks_equal_one_process_with_the_global_batch(shards, single, t
     assert state["world_size"] == 2 and state["batches"]["global_batch"] == 8 and state["batches"]["items"] == 64
 
 
+# Slow-marked: on a loaded 2-core machine a gloo rank has (rarely) aborted at process exit after finishing its work
+# ("terminate called without an active exception", exit -6), even with the barrier before destroy_process_group.
+@pytest.mark.slow
 def test_fsdp_checkpoint_from_two_ranks_resumes_in_one_process(shards, single, tmp_path):
     """FSDP2 on 2 ranks for 4 steps (its checkpoint gathers the shards), then --resume as one process with the
     same global batch: the curve and the final weights are those of the uninterrupted single-process run."""
