@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import re
 import tomllib
 import types
@@ -167,23 +168,25 @@ def load_sections(config_path: str | None, args: argparse.Namespace, sections: d
 
 
 def to_toml(sections: dict[str, Any]) -> str:
-    """Write resolved sections back as TOML (used to record the config a run used)."""
+    """Write resolved sections (dataclasses) back as TOML (used to record the config a run used)."""
+    return toml_tables({name: dataclasses.asdict(obj) for name, obj in sections.items()})
+
+
+def toml_tables(tables: dict[str, dict]) -> str:
+    """{"table": {"key": value}} as TOML text; None values are left out."""
     lines = []
-    for name, obj in sections.items():
+    for name, values in tables.items():
         lines.append(f"[{name}]")
-        for key, value in dataclasses.asdict(obj).items():
-            if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items() if value is not None]
         lines.append("")
     return "\n".join(lines)
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string

@@ -11,6 +11,54 @@ import pytest
 WORDNET = Path(__file__).resolve().parent.parent / "pretune" / "resources" / "wordnet"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Every test module runs torch on one thread: tiny models are as fast on one, far faster when other work shares
+    the cores, and in-process runs compared with one-thread subprocesses need the same split of float reductions
+    (the last bits of every loss depend on it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def wordnet_corpus(root: Path, lines: int) -> tuple[Path, list[str]]:
+    """The first `lines` lines of the bundled WordNet corpus, written to root/corpus.txt; returns (path, lines)."""
+    with gzip.open(WORDNET / "corpus.txt.gz", "rt", encoding="utf-8") as f:
+        head = list(itertools.islice(f, lines))
+    path = root / "corpus.txt"
+    path.write_text("".join(head), encoding="utf-8")
+    return path, head
+
+
+def wordnet_shards(root: Path, lines: int, vocab_size: int):
+    """root/corpus.txt (the first `lines` WordNet lines), a lowercase WordPiece tokenizer trained on them and
+    root/shards (10% validation, tokenizer.json inside). Returns (tokenizer, lines, corpus path)."""
+    from pretune.data.corpus import prepare_corpus
+    from pretune.tokenizer import train_tokenizer
+
+    corpus, head = wordnet_corpus(root, lines)
+    tok = train_tokenizer(head, vocab_size=vocab_size, lowercase=True)
+    prepare_corpus([corpus], tok, root / "shards", validation_fraction=0.1, progress=False)
+    tok.save(root / "shards" / "tokenizer.json")
+    return tok, head, corpus
+
+
+@pytest.fixture(scope="session")
+def small_shards(tmp_path_factory) -> Path:
+    """1000 WordNet glosses, a 600-token lowercase WordPiece vocabulary, shards: made through the CLI."""
+    from pretune.cli import main
+
+    d = tmp_path_factory.mktemp("small_shards")
+    corpus, _ = wordnet_corpus(d, 1000)
+    assert main(["tokenizer", "train", str(corpus), "--vocab-size", "600", "--lowercase",
+                 "--out", str(d / "tok.json")]) == 0
+    assert main(["prepare", str(corpus), "--tokenizer", str(d / "tok.json"), "--out", str(d / "shards")]) == 0
+    return d / "shards"
+
+
 @pytest.fixture(scope="session")
 def pretrained_ckpt(tmp_path_factory) -> Path:
     """A really pretrained checkpoint, made through the CLI: WordPiece tokenizer (3000) and `tiny` model (MLM, 100
@@ -20,7 +68,7 @@ def pretrained_ckpt(tmp_path_factory) -> Path:
     from pretune.cli import main
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: one thread is as fast, and far faster when other work shares the cores
+    torch.set_num_threads(1)  # session-scoped: made before the module's one_thread fixture may have run
     try:
         return _pretrain(tmp_path_factory.mktemp("pretrained"), main)
     finally:
@@ -28,9 +76,7 @@ def pretrained_ckpt(tmp_path_factory) -> Path:
 
 
 def _pretrain(root: Path, main) -> Path:
-    corpus = root / "corpus.txt"
-    with gzip.open(WORDNET / "corpus.txt.gz", "rt", encoding="utf-8") as f:
-        corpus.write_text("".join(itertools.islice(f, 20000)), encoding="utf-8")
+    corpus, _ = wordnet_corpus(root, 20000)
     assert main(["tokenizer", "train", str(corpus), "--vocab-size", "3000", "--lowercase",
                  "--out", str(root / "tok.json")]) == 0
     assert main(["prepare", str(corpus), "--tokenizer", str(root / "tok.json"), "--out", str(root / "shards")]) == 0

@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import collections
-import gzip
 import json
 import re
-from importlib import resources
 
 import pytest
 import torch
+from conftest import wordnet_shards
 
 from pretune.checkpoint import load_checkpoint
 from pretune.cli import main
-from pretune.data.corpus import prepare_corpus
 from pretune.errors import InputError
 from pretune.model.transformer import ModelConfig
 from pretune.objectives import PretrainModel, Specials, build_objective
-from pretune.tokenizer import PretuneTokenizer, train_tokenizer
+from pretune.tokenizer import PretuneTokenizer
 from pretune.vocab import extend_vocabulary, read_word_list
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 COMMON = ["--model-size", "tiny", "--max-len", "64", "--batch-size", "16", "--no-progress", "--eval-batches", "8"]
 
@@ -36,14 +25,7 @@ COMMON = ["--model-size", "tiny", "--max-len", "64", "--batch-size", "16", "--no
 def trained(tmp_path_factory):
     """Shards of 2000 bundled lines and an mlm checkpoint trained on them for 150 steps."""
     root = tmp_path_factory.mktemp("continued")
-    path = resources.files("pretune") / "resources" / "wordnet" / "corpus.txt.gz"
-    with gzip.open(str(path), "rt", encoding="utf-8") as f:
-        lines = [next(f) for _ in range(2000)]
-    corpus = root / "corpus.txt"
-    corpus.write_text("".join(lines), encoding="utf-8")
-    tok = train_tokenizer(lines, vocab_size=1200, lowercase=True)
-    prepare_corpus([corpus], tok, root / "shards", validation_fraction=0.1, progress=False)
-    tok.save(root / "shards" / "tokenizer.json")
+    tok, lines, corpus = wordnet_shards(root, 2000, 1200)
     code = main(["pretrain", "--shards", str(root / "shards"), "--out", str(root / "mlm"), "--objective", "mlm",
                  "--max-steps", "150", "--lr", "3e-3", "--warmup-steps", "10", "--eval-every", "150", *COMMON])
     assert code == 0

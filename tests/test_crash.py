@@ -32,30 +32,10 @@ ARGS = ["--model-size", "tiny", "--max-len", "32", "--batch-size", "8", "--lr", 
         "--no-progress", "--seed", "11", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """In-process runs and the subprocesses they are compared with use the same thread count: float reductions
-    (and so the last bits of every loss) depend on how the work is split between threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    import gzip
-    import itertools
-
-    from conftest import WORDNET
-
-    d = tmp_path_factory.mktemp("crash")
-    with gzip.open(WORDNET / "corpus.txt.gz", "rt", encoding="utf-8") as f:
-        (d / "corpus.txt").write_text("".join(itertools.islice(f, 1000)), encoding="utf-8")
-    assert main(["tokenizer", "train", str(d / "corpus.txt"), "--vocab-size", "600", "--lowercase",
-                 "--out", str(d / "tok.json")]) == 0
-    assert main(["prepare", str(d / "corpus.txt"), "--tokenizer", str(d / "tok.json"), "--out", str(d / "shards")]) == 0
-    return d / "shards"
+def shards(small_shards) -> Path:
+    return small_shards
 
 
 @pytest.fixture(scope="module")

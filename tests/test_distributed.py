@@ -32,20 +32,8 @@ BASE = ["--model-size", "tiny", "--max-len", "32", "--lr", "3e-3", "--max-steps"
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    """1000 WordNet glosses, a 600-token WordPiece vocabulary, shards."""
-    import gzip
-    import itertools
-
-    from conftest import WORDNET
-
-    d = tmp_path_factory.mktemp("dist")
-    with gzip.open(WORDNET / "corpus.txt.gz", "rt", encoding="utf-8") as f:
-        (d / "corpus.txt").write_text("".join(itertools.islice(f, 1000)), encoding="utf-8")
-    assert main(["tokenizer", "train", str(d / "corpus.txt"), "--vocab-size", "600", "--lowercase",
-                 "--out", str(d / "tok.json")]) == 0
-    assert main(["prepare", str(d / "corpus.txt"), "--tokenizer", str(d / "tok.json"), "--out", str(d / "shards")]) == 0
-    return d / "shards"
+def shards(small_shards) -> Path:
+    return small_shards
 
 
 def free_port() -> int:

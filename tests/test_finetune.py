@@ -21,14 +21,6 @@ from pretune.tokenizer import PretuneTokenizer
 WORDNET = Path(__file__).resolve().parent.parent / "pretune" / "resources" / "wordnet"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on CPU: thread hand-offs cost more than they save (and the suite may share the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_model(task: str = "classify", labels=("a", "b", "c"), **head) -> ft.TaskModel:
     torch.manual_seed(0)

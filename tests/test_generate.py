@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
-from importlib import resources
-
 import pytest
 import torch
+from conftest import wordnet_shards
 
 from pretune.cli import main
-from pretune.data.corpus import prepare_corpus
 from pretune.errors import InputError
 from pretune.generate import filter_logits, generate, generate_ids, load_causal_model
 from pretune.model.transformer import PRESETS, ModelConfig
 from pretune.objectives import PretrainModel, Specials, build_objective
-from pretune.tokenizer import train_tokenizer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def causal_model(vocab: int = 60, seed: int = 0, **overrides) -> PretrainModel:
@@ -37,14 +25,7 @@ def causal_model(vocab: int = 60, seed: int = 0, **overrides) -> PretrainModel:
 def runs(tmp_path_factory):
     """A tiny clm run and a tiny mlm run (through the CLI) on 1500 lines of the bundled corpus."""
     root = tmp_path_factory.mktemp("gen")
-    path = resources.files("pretune") / "resources" / "wordnet" / "corpus.txt.gz"
-    with gzip.open(str(path), "rt", encoding="utf-8") as f:
-        lines = [next(f) for _ in range(1500)]
-    corpus = root / "corpus.txt"
-    corpus.write_text("".join(lines), encoding="utf-8")
-    tok = train_tokenizer(lines, vocab_size=1000, lowercase=True)
-    prepare_corpus([corpus], tok, root / "shards", validation_fraction=0.1, progress=False)
-    tok.save(root / "shards" / "tokenizer.json")
+    tok, lines, corpus = wordnet_shards(root, 1500, 1000)
     out = {}
     for objective in ("clm", "mlm"):
         out[objective] = root / objective

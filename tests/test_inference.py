@@ -19,21 +19,16 @@ TEXTS = ["a fish that swims in the sea", "a tool", "a person who teaches childre
          "a large tree with hard wood", "the sea"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on CPU: thread hand-offs cost more than they save (and the suite may share the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _finetune(task: str, ckpt: Path, root: Path, train_text: str, suffix: str, max_len: int = 32,
               epochs: int = 2) -> Path:
+    """Fine-tune on `train_text` (validation = the training file; no early stopping: the tests need the model to
+    have fit its few examples, whatever the first epochs' plateau)."""
     train = root / f"{task}_train{suffix}"
     train.write_text(train_text, encoding="utf-8")
     sec = ft.FinetuneSection(task=task, checkpoint=str(ckpt), train=str(train), validation=str(train),
-                             out=str(root / task), epochs=epochs, max_len=max_len, max_span_width=3)
+                             out=str(root / task), epochs=epochs, max_len=max_len, max_span_width=3,
+                             patience=0)
     ft.finetune({"finetune": sec, "train": ft.FinetuneTrainConfig(batch_size=4, lr=3e-3, progress=False)})
     return root / task / "model"
 

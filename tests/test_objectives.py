@@ -35,15 +35,6 @@ from pretune.pretrain import PretrainSection
 from pretune.tokenizer import PretuneTokenizer, train_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread, and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def wordnet_lines(n: int) -> list[str]:
     path = resources.files("pretune") / "resources" / "wordnet" / "corpus.txt.gz"
     with gzip.open(str(path), "rt", encoding="utf-8") as f:
