@@ -519,31 +519,31 @@ def _positive(value: str) -> int:
 def register_cli(sub) -> None:
     import argparse
 
-    p = sub.add_parser("predict", help="predict labels (tags, spans) with a fine-tuned checkpoint")
-    p.add_argument("--from", "--checkpoint", dest="checkpoint", required=True, metavar="CKPT")
+    def command(name: str, func, help: str, batched: bool = True) -> argparse.ArgumentParser:
+        """A subcommand with the options every use of a checkpoint shares."""
+        c = sub.add_parser(name, help=help)
+        c.add_argument("--from", "--checkpoint", dest="checkpoint", required=True, metavar="CKPT")
+        if batched:
+            c.add_argument("--batch-size", type=_positive, default=32)
+        c.add_argument("--device", default="auto")
+        c.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+        c.set_defaults(func=func)
+        return c
+
+    p = command("predict", cmd_predict, "predict labels (tags, spans) with a fine-tuned checkpoint")
     p.add_argument("--input", required=True, help="JSONL / CSV / TSV in the task's format (labels optional), "
                    "or .txt with one input per line")
     p.add_argument("--output", required=True, help="JSONL: each input's record plus \"prediction\"")
-    p.add_argument("--batch-size", type=_positive, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=cmd_predict)
 
-    e = sub.add_parser("embed", help="contextual embeddings from any checkpoint, saved as .npy")
-    e.add_argument("--from", "--checkpoint", dest="checkpoint", required=True, metavar="CKPT")
+    e = command("embed", cmd_embed, "contextual embeddings from any checkpoint, saved as .npy")
     e.add_argument("--input", required=True, help=".txt (one text per line) or JSONL / CSV / TSV with --field")
     e.add_argument("--output", required=True, help="X.npy: [N, H] pooled, [N, T, H] with --pool none")
     e.add_argument("--layers", choices=("last", "last4"), default="last")
     e.add_argument("--pool", choices=("cls", "mean", "none"), default="cls")
     e.add_argument("--field", default="text")
     e.add_argument("--max-len", type=_positive, default=None)
-    e.add_argument("--batch-size", type=_positive, default=32)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--overwrite", action="store_true")
-    e.set_defaults(func=cmd_embed)
 
-    x = sub.add_parser("explain", help="which tokens drove a classify / pair prediction")
-    x.add_argument("--from", "--checkpoint", dest="checkpoint", required=True, metavar="CKPT")
+    x = command("explain", cmd_explain, "which tokens drove a classify / pair prediction", batched=False)
     x.add_argument("--text", required=True)
     x.add_argument("--text-b", default=None, help="second text of a pair model")
     x.add_argument("--label", default=None, help="explain this label (default: the predicted one)")
@@ -553,6 +553,3 @@ def register_cli(sub) -> None:
     x.add_argument("--html", default=None, help="write an HTML snippet here")
     x.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
                    help="coloured text (default: when stdout is a terminal)")
-    x.add_argument("--device", default="auto")
-    x.add_argument("--overwrite", action="store_true")
-    x.set_defaults(func=cmd_explain)
