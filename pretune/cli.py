@@ -131,8 +131,8 @@ def _extensions():
     import importlib
 
     found = []
-    for module in ("pretune.finetune", "pretune.inference", "pretune.pipeline", "pretune.model.hf", "pretune.generate",
-                   "pretune.vocab"):
+    for module in ("pretune.finetune", "pretune.inference", "pretune.pipeline", "pretune.tune", "pretune.model.hf",
+                   "pretune.generate", "pretune.vocab"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -76,6 +76,21 @@ class FinetuneSection:
     label_fraction: float = field(default=1.0, metadata={"help": "train on this random fraction of the labels"})
     label_seed: int = 0
     from_scratch: bool = field(default=False, metadata={"help": "random init of the same architecture (baseline)"})
+    # semi-supervised: an unlabeled pool for self-training (pretune.selftrain) and consistency training (UDA)
+    unlabeled: list[str] = field(default_factory=list, metadata={
+        "help": "unlabeled pool (comma-separated files): .txt/.txt.gz lines, or CSV/JSONL with the text field(s)"})
+    pool_size: int = field(default=20000, metadata={"help": "use at most this many pool items, sampled (0: all)"})
+    self_training_rounds: int = field(default=0, metadata={"help": "self-training rounds after the fine-tune (0: off)"})
+    pseudo_threshold: float = field(default=0.9, metadata={"help": "pseudo-label items this confident (0: any)"})
+    pseudo_top_k: int = field(default=0, metadata={"help": "at most this many pseudo labels per class (0: no cap)"})
+    tag_confidence: str = field(default="mean", metadata={"help": "tag: sentence confidence, mean | min over words"})
+    uda_weight: float = field(default=0.0, metadata={"help": "weight of the UDA consistency loss (0: off)"})
+    uda_temperature: float = field(default=0.4, metadata={"help": "UDA: sharpening temperature of the target"})
+    uda_threshold: float = field(default=0.8, metadata={"help": "UDA: only items predicted this confidently count"})
+    uda_mask_prob: float = field(default=0.15, metadata={"help": "UDA noise: fraction of tokens replaced by [MASK]"})
+    uda_batch_size: int = field(default=0, metadata={"help": "UDA: unlabeled items per batch (0: --batch-size)"})
+    pseudo_labels: str | None = field(default=None, metadata={"flag": False})  # set by self-training: a file of
+    # pseudo-labelled examples (format of `train`) added to the training subset; the label map stays train's
 
     def validate(self, source: str | None = None) -> FinetuneSection:
         def bad(msg: str) -> InputError:
@@ -110,7 +125,38 @@ class FinetuneSection:
             raise bad(f"max_span_width must be >= 1, got {self.max_span_width}")
         if not 0 < self.label_fraction <= 1:
             raise bad(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+        self._validate_semi_supervised(bad)
         return self
+
+    def _validate_semi_supervised(self, bad) -> None:
+        for name in ("pool_size", "self_training_rounds", "pseudo_top_k", "uda_batch_size"):
+            if getattr(self, name) < 0:
+                raise bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("pseudo_threshold", "uda_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise bad(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.tag_confidence not in ("mean", "min"):
+            raise bad(f"tag_confidence must be mean or min, got {self.tag_confidence!r}")
+        if self.uda_weight < 0:
+            raise bad(f"uda_weight must be >= 0 (0: off), got {self.uda_weight}")
+        if self.uda_temperature <= 0:
+            raise bad(f"uda_temperature must be > 0, got {self.uda_temperature}")
+        if not 0 <= self.uda_mask_prob < 1:
+            raise bad(f"uda_mask_prob must be in [0, 1), got {self.uda_mask_prob}")
+        if self.semi_supervised():
+            if self.task == "span":
+                raise bad("self-training and uda support the tasks classify, pair and tag, not span")
+            if not self.unlabeled:
+                raise bad("unlabeled is required with self_training_rounds or uda_weight: the pool of unlabeled "
+                          "text (--unlabeled FILE)")
+
+    def semi_supervised(self) -> bool:
+        """Whether the unlabeled pool is used (self-training or consistency training)."""
+        return self.self_training_rounds > 0 or self.uda_weight > 0
+
+    SEMI_SUPERVISED_KEYS = ("unlabeled", "pool_size", "self_training_rounds", "pseudo_threshold", "pseudo_top_k",
+                            "tag_confidence", "uda_weight", "uda_temperature", "uda_threshold", "uda_mask_prob",
+                            "uda_batch_size", "pseudo_labels")  # without effect unless semi_supervised()
 
     def metric_name(self) -> str:
         return METRICS[self.task][0] if self.metric == "auto" else self.metric
@@ -555,11 +601,13 @@ def _best_validation(out: Path, metric: str, greater: bool) -> dict:
     return best
 
 
-def finetune(sections: dict, resume: bool = False, overwrite: bool = False, source=None) -> dict:
+def finetune(sections: dict, resume: bool = False, overwrite: bool = False, source=None,
+             on_evaluate=None) -> dict:
     """Run stage 2 from resolved sections {"finetune": FinetuneSection, "train": TrainConfig}.
 
     Everything the user gave is read and checked (checkpoint, tokenizer, files, labels) before `out` is touched.
     Writes out/model (best checkpoint by validation), out/metrics.jsonl, out/test_report.json (with a test file).
+    `on_evaluate(step, metrics)` is called after every validation (it may raise to stop the run).
     Returns {"out", "metric", "best", "validation", "test", "steps", "n_train", "stopped_early", "warnings"}."""
     from pretune.pretrain import prepare_out_dir
 
@@ -584,10 +632,18 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     val_ex = read_examples(sec.validation, task, **sec.fields())
     test_ex = read_examples(sec.test, task, **sec.fields()) if sec.test else None
     train_ex = subsample(train_ex, sec.label_fraction, sec.label_seed)
+    if sec.pseudo_labels:
+        train_ex = train_ex + read_examples(sec.pseudo_labels, task, **sec.fields())
     train = encode_split(sec.train, train_ex, task, tok, labels, sec.max_len, head_options)
     val = encode_split(sec.validation, val_ex, task, tok, labels, sec.max_len, head_options)
     test = encode_split(sec.test, test_ex, task, tok, labels, sec.max_len, head_options) if test_ex else None
     warnings = [w for d in (train, val, test) if d is not None for w in length_warnings(d, task, sec.max_len)]
+    uda = pool_info = None
+    if sec.uda_weight > 0:  # consistency training on the unlabeled pool (pretune.consistency)
+        from pretune import consistency
+
+        uda, pool_info = consistency.from_section(sec, tok, train_ex + val_ex + (test_ex or []), tcfg.batch_size,
+                                                  tcfg.seed)
 
     model = TaskModel(cfg, task, labels.names, head_options)
     loaded = "nothing (from scratch)" if sec.from_scratch else _load_initial_weights(model, init, head_options)
@@ -605,8 +661,11 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
         return [b for b in length_grouped_batches(lengths, global_batch, shuffle=True, seed=seed)
                 if len(b) >= dist.world_size()]
 
-    batches = BatchSource(train.features, tcfg.batch_size, lambda items, gen: task_collate(items, pad_id),
-                          seed=tcfg.seed, plan=plan)
+    def collate(items: list[dict], gen: torch.Generator) -> dict:
+        batch = task_collate(items, pad_id)
+        return batch if uda is None else {**batch, **uda.batch(gen)}  # + unlabeled rows drawn with the batch's seed
+
+    batches = BatchSource(train.features, tcfg.batch_size, collate, seed=tcfg.seed, plan=plan)
     steps_per_epoch = max(1, len(plan(0)) // tcfg.grad_accum)
     run_cfg = tcfg.resolve(steps_per_epoch, sec.epochs) if isinstance(tcfg, FinetuneTrainConfig) else tcfg
 
@@ -623,6 +682,9 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
             print(f"pretune: warning: {w}", file=sys.stderr)
         print(f"{task}: {len(labels)} labels, {len(train_ex)} training examples ({len(train.features)} inputs), "
               f"{steps_per_epoch} steps per epoch; weights loaded: {loaded}; frozen tensors: {len(frozen)}")
+        if pool_info is not None:
+            print(f"consistency training (UDA, weight {sec.uda_weight:g}) on {pool_info['used']} unlabeled items "
+                  f"({pool_info['dropped_duplicates']} repeated or labeled texts dropped)")
         print(describe(cfg, model.body.num_parameters()))
 
     metric = sec.metric_name()
@@ -633,13 +695,18 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
         return scalar_metrics(task, report, loss)
 
     def loss_fn(m: nn.Module, batch: dict):
-        res = m(**batch)
-        return res["loss"], res["stats"]
+        if uda is None:
+            res = m(**batch)
+            return res["loss"], res["stats"]
+        labeled, unlabeled = uda.split(batch)
+        res = m(**labeled)
+        uda_loss, uda_stats = uda.loss(m, unlabeled)
+        return res["loss"] + uda_loss, {**res["stats"], **uda_stats}
 
     trainer = Trainer(model, run_cfg, out, batches=batches, loss_fn=loss_fn,
                       save_model=task_model_writer(config, tok), model_config=config, evaluate=evaluate,
                       groups=groups, early_stopping=EarlyStopping(metric, greater, sec.patience or None),
-                      loss_weight=loss_weight(task, sec.crf))
+                      loss_weight=loss_weight(task, sec.crf), on_evaluate=on_evaluate)
     result = trainer.fit(resume=resume)
 
     test_report = None
@@ -687,7 +754,12 @@ def cmd_finetune(args) -> None:
     sections = load_finetune_sections(args.config, args)
     dist.setup()
     try:
-        result = finetune(sections, resume=args.resume, overwrite=args.overwrite, source=args.config)
+        if sections["finetune"].self_training_rounds > 0:
+            from pretune.selftrain import self_train
+
+            result = self_train(sections, resume=args.resume, overwrite=args.overwrite, source=args.config)
+        else:
+            result = finetune(sections, resume=args.resume, overwrite=args.overwrite, source=args.config)
         main_rank = dist.is_main()  # asked before teardown: afterwards every process reports rank 0
     finally:
         dist.teardown()
@@ -695,6 +767,10 @@ def cmd_finetune(args) -> None:
         return
     best = result["best"]
     print(f"best validation {result['metric']}: {best:.4f}" if best is not None else "no validation result")
+    if result.get("self_training"):
+        from pretune.selftrain import format_rounds
+
+        print(format_rounds(result["self_training"]))
     if result["test"] is not None:
         print(f"test ({sections['finetune'].test}):")
         print(format_report(result["test"]))

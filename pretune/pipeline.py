@@ -5,8 +5,9 @@ Stages, each in its own folder of the run directory:
     tokenizer/   train a tokenizer on the unlabeled corpus (or take the checkpoint's, with [pretrain] init_from)
     shards/      the corpus as token shards (train / validation split by document)
     pretrain/    pretraining (objective, model and trainer from [pretrain]); pretrain/model is the checkpoint
+    tune/        optional ([tune] trials > 0): the hyperparameter search; the fine-tunings below use its best values
     finetune/    fine-tuning of the pretrained model on the labeled training set, early stopping on validation
-    baseline/    the same fine-tuning from a random initialisation of the same architecture
+    baseline/    the same fine-tuning from a random initialisation of the same architecture (never self-trained)
     sweep/       optional: both again on fractions of the labels ([sweep] label_fractions)
     evaluate/    every model on the held-out test set: <model>.json (metrics, confusion, predictions)
     report/      report.html (self-contained) and summary.json; the summary table is also printed
@@ -51,9 +52,12 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[finetune] train` / `validation` / `test` | (required) | labeled files (formats: `pretune finetune --help`) |
 | `[finetune] max_len`, `epochs`, `patience`, `metric`, `freeze`, `head_lr`, ... | | as for `pretune finetune` |
 | `[finetune] label_fraction` | `1.0` | fine-tune on this fraction of the training labels (main run) |
+| `[finetune] self_training_rounds`, `uda_weight` | `0` (off) | self-training / UDA of the pretrained model |
+| `[finetune] unlabeled` | `[corpus] files` | the unlabeled pool of self-training and UDA |
 | `[finetune.trainer]` | | the training loop of stage 2 (batch_size, lr of the body, ...), fine-tuning defaults |
 | `[sweep] label_fractions` | `[]` | e.g. `[0.01, 0.1, 1.0]`: fine-tune both models on these fractions of the labels |
 | `[sweep] label_seed` | `0` | which examples each fraction keeps |
+| `[tune] trials`, ... | `0` | `> 0`: search the fine-tuning hyperparameters first (`pretune/tune.py`) |
 
 `[finetune] checkpoint`, `out`, `from_scratch` and `[pretrain] shards`, `out` are set by the pipeline. Any key can
 be overridden on the command line: `pretune run my.toml --set pretrain.trainer.max_steps=2000 --set run.seed=1`.
@@ -74,12 +78,12 @@ from pathlib import Path
 from typing import Any
 
 from pretune import checkpoint as ck
-from pretune.config import coerce_fields, from_dict, load_toml
+from pretune.config import coerce_fields, from_dict, load_toml, toml_tables
 from pretune.errors import InputError
 
 FORMAT_VERSION = 1
 DEFAULT_CONFIG = "default.toml"
-TABLES = ("run", "corpus", "tokenizer", "pretrain", "finetune", "sweep")
+TABLES = ("run", "corpus", "tokenizer", "pretrain", "finetune", "sweep", "tune")
 # trainer keys that do not change what a stage computes (left out of fingerprints)
 NEUTRAL_TRAIN_KEYS = ("progress", "device", "log_every", "save_every")
 RUN_WIDE = ("device", "progress")  # trainer keys set for every stage in [run]
@@ -156,6 +160,7 @@ class PipelineConfig:
     finetune_trainer: Any  # finetune.FinetuneTrainConfig
     sweep: SweepSection
     source: str
+    tune: Any = None  # tune.TuneSection: the hyperparameter search
 
     def to_toml(self) -> str:
         """The resolved config as TOML (what `--print-config` shows and the run directory records)."""
@@ -170,26 +175,13 @@ class PipelineConfig:
             "finetune": {k: v for k, v in asdict(self.finetune).items() if k not in owned},
             "finetune.trainer": _without(asdict(self.finetune_trainer), RUN_WIDE),
             "sweep": asdict(self.sweep),
+            **({"tune": asdict(self.tune)} if self.tune is not None else {}),
         }
-        lines = [f"# resolved from {self.source}"]
-        for name, values in tables.items():
-            lines.append(f"\n[{name}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
-        return "\n".join(lines) + "\n"
+        return f"# resolved from {self.source}\n\n" + toml_tables(tables)
 
 
 def _without(values: dict, keys) -> dict:
     return {k: v for k, v in values.items() if k not in keys}
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
 
 def default_config_path() -> Path:
@@ -210,7 +202,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 PATH_KEYS = {("corpus", "files"), ("finetune", "train"), ("finetune", "validation"), ("finetune", "test"),
-             ("pretrain", "init_from")}
+             ("finetune", "unlabeled"), ("pretrain", "init_from")}
 
 
 def _resolve_paths(raw: dict, base: Path) -> None:
@@ -244,6 +236,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read a pipeline TOML (default: the bundled one), apply `--set` overrides and `--out`, validate every table."""
     from pretune.finetune import SECTIONS as FT_SECTIONS
     from pretune.pretrain import SECTIONS as PT_SECTIONS
+    from pretune.tune import TuneSection
 
     cfg_path = Path(path) if path is not None else default_config_path()
     source = str(cfg_path)
@@ -286,6 +279,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     ft_train = _trainer_values(_table(ft, "trainer", source), run, "finetune.trainer", source)
     ft.pop("trainer", None)
     _refuse_owned(ft, ("checkpoint", "out", "from_scratch"), "finetune", source)
+    ft.setdefault("unlabeled", list(corpus.files))  # the pool of self-training / consistency training
     finetune_sec = from_dict(FT_SECTIONS["finetune"], {**ft, "checkpoint": "-", "out": "-"}, source, "finetune")
     finetune_trainer = from_dict(FT_SECTIONS["train"], ft_train, source, "finetune.trainer")
     if not finetune_sec.test:
@@ -296,8 +290,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                          path=source)
     if not run.skip_pretraining and not corpus.files:
         raise InputError("[corpus] files is required: the unlabeled text to pretrain on", path=source)
+    tune = from_dict(TuneSection, _table(raw, "tune", source), source, "tune")
     return PipelineConfig(run, corpus, tokenizer, pretrain_sec, model, pretrain_trainer, finetune_sec,
-                          finetune_trainer, sweep, source)
+                          finetune_trainer, sweep, source, tune)
 
 
 def _trainer_values(values: dict, run: RunSection, where: str, source) -> dict:
@@ -503,11 +498,16 @@ def _model_config_for_record(cfg: PipelineConfig):
 
 
 def _labeled_inputs(sec) -> dict:
-    return {"train": file_hash(sec.train), "validation": file_hash(sec.validation)}
+    files = {"train": file_hash(sec.train), "validation": file_hash(sec.validation)}
+    if sec.semi_supervised():  # the pool is read, and pool texts also in the test set are dropped
+        files.update(unlabeled=[file_hash(f) for f in sec.unlabeled], test=file_hash(sec.test))
+    return files
 
 
 def _finetune_fp(sec, tcfg) -> dict:
-    skip = ("checkpoint", "out", "test", "train", "validation", "from_scratch")
+    skip = ("checkpoint", "out", "test", "train", "validation", "from_scratch", "unlabeled", "pseudo_labels")
+    if not sec.semi_supervised():  # e.g. the baseline: the pool settings change nothing
+        skip += sec.SEMI_SUPERVISED_KEYS
     return {"finetune": {k: v for k, v in asdict(sec).items() if k not in skip}, "trainer": _trainer_fp(tcfg)}
 
 
@@ -519,10 +519,16 @@ def architecture_fp(checkpoint: Path) -> dict:
 
 def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: Path, upstream: dict,
                    from_scratch: bool, label_fraction: float | None = None, label_seed: int | None = None):
-    """One fine-tuning run (the pretrained model, or the baseline when from_scratch) in `name`/."""
+    """One fine-tuning run (the pretrained model, or the baseline when from_scratch) in `name`/. The pretrained model
+    is self-trained / consistency-trained when [finetune] asks for it; the baseline is always the plain fine-tune."""
     from pretune.finetune import finetune
+    from pretune.selftrain import self_train
 
-    sec = dataclasses.replace(cfg.finetune, checkpoint=str(checkpoint), from_scratch=from_scratch, test=None)
+    sec = dataclasses.replace(cfg.finetune, checkpoint=str(checkpoint), from_scratch=from_scratch)
+    if from_scratch:
+        sec = dataclasses.replace(sec, self_training_rounds=0, uda_weight=0.0)
+    if not sec.self_training_rounds:  # self-training records each round's test metrics; others leave test to evaluate
+        sec = dataclasses.replace(sec, test=None)
     if label_fraction is not None:
         sec = dataclasses.replace(sec, label_fraction=label_fraction)
     if label_seed is not None:
@@ -533,8 +539,10 @@ def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: P
     def work(d: Path, resume: bool) -> dict:
         sections = {"finetune": dataclasses.replace(sec, out=str(d)),
                     "train": dataclasses.replace(cfg.finetune_trainer)}
-        r = finetune(sections, resume=resume, overwrite=not resume, source=cfg.source)
-        return {k: r.get(k) for k in ("metric", "best", "validation", "steps", "n_train", "stopped_early")}
+        run = self_train if sec.self_training_rounds else finetune
+        r = run(sections, resume=resume, overwrite=not resume, source=cfg.source)
+        return {k: r.get(k) for k in ("metric", "best", "validation", "steps", "n_train", "stopped_early",
+                                      "self_training")}
 
     return runner.stage(name, inputs, work, resumable=True)
 
@@ -777,6 +785,7 @@ def build_summary(cfg: PipelineConfig, stages: dict[str, StageResult], evaluatio
         "sweep": sweep_points,
         "sweep_metric": cfg.finetune.metric_name() if cfg.finetune.metric_name() != "loss" else "accuracy",
         "pretrain": stages["pretrain"].result if "pretrain" in stages else None,
+        "self_training": stages["finetune"].result.get("self_training"),  # rounds of the pretrained model, or None
         "stages": {n: {"skipped": s.skipped, "seconds": round(s.seconds, 1)} for n, s in stages.items()},
         "compute_seconds": round(sum(s.seconds for s in stages.values()), 1),
     }
@@ -786,6 +795,7 @@ def build_summary(cfg: PipelineConfig, stages: dict[str, StageResult], evaluatio
 def stage_report(runner: Runner, cfg: PipelineConfig, stages: dict[str, StageResult], evaluation: StageResult,
                  sweep_points: list[dict], wall_start: float) -> StageResult:
     from pretune.report import ReportData, write_report
+    from pretune.tune import read_search, search_summary
 
     inputs = {"stages": {n: s.fingerprint for n, s in stages.items()}, "config": cfg.to_toml().split("\n", 1)[1],
               "title": cfg.run.title, "examples": cfg.run.examples}
@@ -799,6 +809,8 @@ def stage_report(runner: Runner, cfg: PipelineConfig, stages: dict[str, StageRes
         summary["labels"] = label_statistics(cfg.finetune)
         examples, method = build_examples(cfg, stages, reports)
         summary["explain_method"] = method
+        search = read_search(stages["tune"].directory) if "tune" in stages else None
+        summary["tune"] = search_summary(search) if search else None
         data = ReportData(
             title=cfg.run.title or f"pretune: {cfg.finetune.task} on {Path(cfg.finetune.train).name}",
             summary=summary,
@@ -808,6 +820,7 @@ def stage_report(runner: Runner, cfg: PipelineConfig, stages: dict[str, StageRes
                            "baseline": _read_log(stages["baseline"].directory)},
             test_reports=reports,
             examples=examples,
+            tune=search,
         )
         path = write_report(d, data)
         ck.write_json(d / "summary.json", summary)
@@ -842,9 +855,10 @@ def prepare_run_dir(root: Path, cfg: PipelineConfig) -> None:
     (root / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
 
 
-def run_pipeline(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
-    """Run (or bring up to date) every stage; returns the summary (also in report/summary.json)."""
-    wall_start = time.perf_counter()
+def start_run(cfg: PipelineConfig, force: bool = False, log=print) -> tuple[Runner, Path, dict, dict]:
+    """Check the inputs, set up the run directory, bring the tokenizer, shards and pretraining up to date.
+
+    Returns (runner, the checkpoint to fine-tune, its fingerprint, the fingerprint of its architecture)."""
     check_inputs(cfg)
     if cfg.run.threads:
         import torch
@@ -853,8 +867,6 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
     root = Path(cfg.run.out).resolve()
     prepare_run_dir(root, cfg)
     runner = Runner(root, force=force, log=log)
-    stages = runner.stages
-
     if cfg.run.skip_pretraining:
         base = ck.resolve(cfg.pretrain.init_from)
     else:
@@ -864,6 +876,17 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
     # fine-tuning depends on the pretrained weights; the baseline only on the architecture and the tokenizer
     arch_fp = architecture_fp(base)
     base_fp = {"weights": file_hash(base / ck.WEIGHTS), **arch_fp}
+    return runner, base, base_fp, arch_fp
+
+
+def run_pipeline(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
+    """Run (or bring up to date) every stage; returns the summary (also in report/summary.json)."""
+    from pretune.tune import tuned_config
+
+    wall_start = time.perf_counter()
+    runner, base, base_fp, arch_fp = start_run(cfg, force, log)
+    stages = runner.stages
+    cfg = tuned_config(runner, cfg, base, base_fp)  # [tune] trials > 0: search first, then use the best values
     sec = cfg.finetune
     models = {
         "pretrained": stage_finetune(runner, cfg, "finetune", base, base_fp, from_scratch=False),
@@ -904,19 +927,24 @@ def _sweep_points(cfg: PipelineConfig, models: dict[str, StageResult], evaluatio
 
 
 # ---- CLI --------------------------------------------------------------------------------------------------------
+def cli_overrides(args) -> list[str]:
+    """--set items plus the [run] flags (--device, --progress, --seed, --threads) as overrides."""
+    overrides = list(args.set or [])
+    if getattr(args, "device", None) is not None:
+        overrides.append(f"run.device={json.dumps(args.device)}")
+    if getattr(args, "progress", None) is not None:
+        overrides.append(f"run.progress={'true' if args.progress else 'false'}")
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"run.seed={args.seed}")
+    if getattr(args, "threads", None) is not None:
+        overrides.append(f"run.threads={args.threads}")
+    return overrides
+
+
 def cmd_run(args) -> None:
     from pretune.report import format_summary
 
-    overrides = list(args.set or [])
-    if args.device is not None:
-        overrides.append(f"run.device={json.dumps(args.device)}")
-    if args.progress is not None:
-        overrides.append(f"run.progress={'true' if args.progress else 'false'}")
-    if args.seed is not None:
-        overrides.append(f"run.seed={args.seed}")
-    if args.threads is not None:
-        overrides.append(f"run.threads={args.threads}")
-    cfg = load_config(args.config, overrides=overrides, out=args.out)
+    cfg = load_config(args.config, overrides=cli_overrides(args), out=args.out)
     if args.print_config:
         sys.stdout.write(cfg.to_toml())
         return

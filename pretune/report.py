@@ -2,7 +2,8 @@
 
 `write_report` takes plain data (the pipeline gathers it from the run directory), so a report can be rebuilt from the
 files of a finished run. Sections, each an element with a fixed id: config, data, pretraining, finetuning, results,
-label-efficiency (when swept), errors (confusion matrix or per-entity table), examples.
+label-efficiency (when swept), tuning (when a hyperparameter search ran), self-training (when it ran), errors
+(confusion matrix or per-entity table), examples.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class ReportData:
     finetune_logs: dict[str, list[dict]] = field(default_factory=dict)  # model name -> records
     test_reports: dict[str, dict] = field(default_factory=dict)  # model name -> metrics report (confusion, ...)
     examples: list[dict] = field(default_factory=list)  # {"text", "gold", "predictions": {model: label}, "html"}
+    tune: dict | None = None  # tune/trials.json of the hyperparameter search, when one ran
 
 
 # ---- numbers ----------------------------------------------------------------------------------------------------
@@ -168,6 +170,45 @@ def finetuning_plot(logs: dict[str, list[dict]], metric: str) -> str | None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def tuning_plot(search: dict) -> str | None:
+    """Each trial's validation value (pruned trials at their last evaluation, marked x) and the best so far."""
+    def finite(v) -> bool:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+
+    trials = search.get("trials", [])
+    done = [(t["number"], t["value"]) for t in trials if t["state"] == "complete" and finite(t["value"])]
+    pruned = [(t["number"], t["evaluations"][-1]) for t in trials
+              if t["state"] == "pruned" and t["evaluations"] and finite(t["evaluations"][-1])]
+    if not done and not pruned:
+        return None
+    greater = search.get("direction") != "minimize"
+    fig, (ax,) = _figure(1, width=6.0, height=3.6)
+    if done:
+        ax.plot([n for n, _ in done], [v for _, v in done], "o", color=COLORS["pretrained"], label="complete")
+        best, xs, ys = None, [], []
+        for n, v in done:
+            best = v if best is None or (v > best if greater else v < best) else best
+            xs.append(n)
+            ys.append(best)
+        last = max(t["number"] for t in trials)
+        if last > xs[-1]:  # the line runs on to the last trial
+            xs.append(last)
+            ys.append(best)
+        ax.step(xs, ys, where="post", color=COLORS["pretrained"], alpha=0.5, label="best so far")
+    if pruned:
+        ax.plot([n for n, _ in pruned], [v for _, v in pruned], "x", color="#7f7f7f", ms=7,
+                label="pruned (at its last evaluation)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"validation {search.get('metric', '')}")
+    ax.set_title("hyperparameter search")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -394,6 +435,69 @@ def _examples_section(data: ReportData) -> str:
     return "\n".join(out)
 
 
+def _tuning_section(search: dict, top: int = 5) -> str:
+    """The search: trial values plotted, the space and budget, the best trials as a table."""
+    def value_text(v) -> str:
+        return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    trials, metric = search.get("trials", []), search.get("metric", "")
+    space = search.get("space", {})
+    greater = search.get("direction") != "minimize"
+    counts = {s: sum(t["state"] == s for t in trials) for s in ("complete", "pruned", "failed")}
+    ranked = sorted((t for t in trials if t["state"] == "complete" and isinstance(t["value"], (int, float))
+                     and math.isfinite(t["value"])), key=lambda t: t["value"], reverse=greater)[:top]
+    rows = [[t["number"], t["value"], *[value_text(t["params"].get(n)) for n in space], len(t["evaluations"]),
+             _duration(t.get("seconds"))] for t in ranked]
+    ranges = "; ".join(
+        f"{n} " + (f"one of {', '.join(value_text(x) for x in sp['values'])}" if sp["kind"] == "choice" else
+                   f"{value_text(sp['values'][0])} to {value_text(sp['values'][1])}"
+                   + (" (log scale)" if sp["kind"] == "log" else ""))
+        for n, sp in space.items())
+    pruning = ("; a trial was pruned (stopped) when it fell behind the median of the earlier trials at the same "
+               "evaluation" if (search.get("pruner") or {}).get("kind") == "median" else "")
+    note = (f'<p class="note">{len(trials)} trials ({counts["complete"]} complete, {counts["pruned"]} pruned, '
+            f'{counts["failed"]} failed) in {_duration(search.get("seconds"))}, each a fine-tuning of the pretrained '
+            f"model scored by its best validation {_esc(metric)}{pruning}. Searched: {_esc(ranges)}. The best values "
+            "were used to fine-tune both the pretrained model and the baseline.</p>")
+    header = ["trial", f"validation {metric}", *space, "evaluations", "time"]
+    return (note + (tuning_plot(search) or "") + f"<h3>The best {len(rows)} trials</h3>"
+            + _table(header, rows, left=0))
+
+
+def _self_training_section(record: dict) -> str:
+    """One row per self-training round: pseudo labels added, validation and test metric, gain over round 0."""
+    metric, rounds = record.get("metric", ""), record.get("rounds", [])
+    first = rounds[0] if rounds else {}
+    test_key = metric if metric in (first.get("test") or {}) else next(iter(first.get("test") or {}), None)
+
+    def gain(r: dict, get) -> object:
+        v, v0 = get(r), get(first)
+        return _gain_cell(v - v0) if r is not first and None not in (v, v0) else ""
+
+    def val(r: dict):
+        return r.get("validation")
+
+    def test(r: dict):
+        return (r.get("test") or {}).get(test_key)
+
+    rows = [[r["round"], "-" if r.get("teacher") is None else r["teacher"], r.get("n_pseudo", 0), val(r),
+             gain(r, val), test(r), gain(r, test), ("kept" if r.get("kept") else "discarded")
+             + (f" ({r['note']})" if r.get("note") else "")] for r in rounds]
+    pool = record.get("pool", {})
+    how = " and ".join(x for x in (f"confidence >= {record['threshold']:g}" if record.get("threshold") else "",
+                                   f"at most {record['top_k']} per class" if record.get("top_k") else "") if x)
+    note = (f'<p class="note">Round 0 is the plain fine-tune of the pretrained model on {_fmt(record.get("n_gold"))} '
+            f"labels. In each later round the best model so far labels the unlabeled pool ({_fmt(pool.get('used'))} "
+            f"texts, without those of the labeled sets); its predictions with {_esc(how or 'any confidence')} join "
+            "the labels, and a new model is fine-tuned from the pretrained checkpoint. A round is kept only when its "
+            f"validation {_esc(metric)} beats every earlier round; the first that does not ends self-training. "
+            f"Round {_esc(record.get('kept_round'))} is the pretrained model evaluated above; test numbers never "
+            "decide.</p>")
+    header = ["round", "teacher", "pseudo labels", f"validation {metric}", "gain", f"test {test_key or ''}", "gain",
+              ""]
+    return note + _table(header, rows, left=0)
+
+
 def _stages_table(summary: dict) -> str:
     stages = summary.get("stages", {})
     if not stages:
@@ -415,10 +519,14 @@ def render_report(data: ReportData) -> str:
         nav.append(f'<a href="#{id_}">{_esc(title)}</a>')
 
     add("results", "Test results: pretrained vs. baseline", _results_section(data))
+    if s.get("self_training"):
+        add("self-training", "Self-training rounds", _self_training_section(s["self_training"]))
     add("data", "Corpus and label statistics", _data_section(data))
     pre = pretraining_plot(data.pretrain_log)
     add("pretraining", "Pretraining", pre or "<p>No pretraining in this run (fine-tuned an existing checkpoint).</p>")
     add("finetuning", "Fine-tuning curves", finetuning_plot(data.finetune_logs, metric) or "<p>No curves.</p>")
+    if data.tune:
+        add("tuning", "Hyperparameter search", _tuning_section(data.tune))
     if s.get("sweep"):
         sm = s.get("sweep_metric", metric)
         rows = [[_percent(p["fraction"]), p.get("n_train"), *[p.get(m, {}).get(sm) for m in MODELS],

@@ -299,6 +299,7 @@ class Trainer:
         early_stopping: EarlyStopping | None = None,
         summarize: Callable[[dict], dict] | None = None,
         loss_weight: Callable[[dict], float] = row_count,
+        on_evaluate: Callable[[int, dict[str, float]], None] | None = None,
     ):
         self.cfg, self.out = cfg, Path(out_dir)
         self.device = resolve_device(cfg.device)
@@ -307,6 +308,7 @@ class Trainer:
         self.batches, self.loss_fn, self.save_model = batches, loss_fn, save_model
         self.model_config, self.evaluate_fn = model_config, evaluate
         self.early, self.loss_weight = early_stopping, loss_weight
+        self.on_evaluate = on_evaluate  # called as on_evaluate(step, metrics) after each evaluation; may raise to stop
         self.summarize = summarize or (lambda totals: {k: n / max(d, 1e-12) for k, (n, d) in totals.items()})
         groups = groups or param_groups(model, cfg.weight_decay, cfg.lr)
         names = {id(p): n for n, p in self.model.named_parameters()}
@@ -492,6 +494,8 @@ class Trainer:
                                 self.bad_evals += 1
                                 if self.early.patience is not None and self.bad_evals >= self.early.patience:
                                     stopped_early = True
+                        if self.on_evaluate is not None:
+                            self.on_evaluate(self.step, last_eval)
                 if self.step % cfg.save_every == 0 or self._stopping or stopped_early or self.step == end:
                     self.save("last", with_optimizer=True)
                 if self._stopping:

@@ -1,0 +1,345 @@
+"""Self-training on an unlabeled pool: the fine-tuned model labels the pool, its confident predictions join the
+training set, and a student is fine-tuned again from the same pretrained checkpoint.
+
+Read top to bottom: choosing pseudo labels (pure functions on fixed predictions) -> reading the pool -> the round
+loop `self_train` (called by `pretune finetune` and `pretune run` when self_training_rounds > 0).
+
+Rounds, all under `out/`:
+
+    round-0/              the plain fine-tune (`finetune()`): the first teacher
+    pseudo-round-N.jsonl  the pool items the teacher of round N labelled confidently (with each "confidence")
+    round-N/              the student of round N, fine-tuned from the pretrained checkpoint on the gold examples
+                          (the same subset as round 0) plus pseudo-round-N.jsonl
+    model/, metrics.jsonl, test_report.json    copies of the kept round's (what `evaluate`, `predict` and the
+                          pipeline use)
+    self_training.json    every round: pseudo-label counts, validation and test metrics, kept or not
+
+The teacher of round N is the best round so far. A round is kept when its best validation metric beats the best so
+far (strictly); the first round that does not is discarded and ends self-training: the next round would start from
+the same teacher, hence with the same pseudo labels. Test metrics are recorded for every round but never decide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from pretune import checkpoint as ck
+from pretune import distributed as dist
+from pretune.data.labeled import Example, read_examples
+from pretune.errors import InputError
+
+POOL_TASKS = ("classify", "pair", "tag")  # tasks that self-training and consistency training support
+TAG_CONFIDENCE = ("mean", "min")
+
+
+# ---- choosing pseudo labels ------------------------------------------------------------------------------------------
+def select_confident(confidence: Sequence[float], classes: Sequence[int], threshold: float | None = None,
+                     top_k: int | None = None) -> list[tuple[int, int, float]]:
+    """(index, class, confidence) of the items to pseudo-label, most confident first (ties: lower index first).
+
+    `threshold`: keep items with confidence >= threshold. `top_k`: at most k items per class (the most confident
+    ones), so a frequent class cannot crowd out the others. Both may be given; None (or 0) turns either off."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    if conf.shape != (len(classes),):
+        raise ValueError(f"confidence has shape {conf.shape}, expected ({len(classes)},)")
+    order = sorted(range(len(conf)), key=lambda i: (-conf[i], i))
+    taken: Counter = Counter()
+    picked = []
+    for i in order:
+        if threshold and conf[i] < threshold:
+            break  # sorted: every later item is below too
+        c = int(classes[i])
+        if top_k and taken[c] >= top_k:
+            continue
+        taken[c] += 1
+        picked.append((i, c, float(conf[i])))
+    return picked
+
+
+def select_pseudo_labels(probs: np.ndarray, threshold: float | None = None,
+                         top_k: int | None = None) -> list[tuple[int, int, float]]:
+    """Pseudo labels from class probabilities [N, C]: each item's most probable class and its probability as the
+    confidence, filtered by `select_confident` (threshold, top_k per class)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] == 0:
+        raise ValueError(f"probabilities must be [N, C], got shape {probs.shape}")
+    if len(probs) == 0:
+        return []
+    return select_confident(probs.max(1), probs.argmax(1), threshold, top_k)
+
+
+def sentence_confidence(word_probs: Sequence[float], how: str = "mean") -> float:
+    """Confidence of a tagged sentence from the probability of each word's predicted tag: their mean or minimum
+    (min: one doubtful word makes the whole sentence doubtful). An empty sentence has confidence 0."""
+    if how not in TAG_CONFIDENCE:
+        raise ValueError(f"how must be one of {TAG_CONFIDENCE}, got {how!r}")
+    if len(word_probs) == 0:
+        return 0.0
+    return float(np.mean(word_probs) if how == "mean" else np.min(word_probs))
+
+
+def pseudo_label(task: str, labels: list[str], pool: list[Example], merged: list, threshold: float | None,
+                 top_k: int | None, tag_confidence: str = "mean") -> list[tuple[Example, float]]:
+    """Pool examples with the teacher's labels filled in, and their confidence, most confident first.
+
+    `merged` is the teacher's output per pool example (`finetune.merge_outputs`): classify/pair probabilities [C];
+    tag (tag names, probability per word). For tagging, `top_k` caps the number of sentences (no classes)."""
+    if task in ("classify", "pair"):
+        chosen = select_pseudo_labels(np.stack(merged), threshold, top_k) if merged else []
+        return [(dataclasses.replace(pool[i], label=labels[c]), p) for i, c, p in chosen]
+    if task == "tag":
+        conf = [sentence_confidence(probs, tag_confidence) for _, probs in merged]
+        chosen = select_confident(conf, [0] * len(conf), threshold, top_k)
+        return [(dataclasses.replace(pool[i], tags=list(merged[i][0])), p) for i, _, p in chosen]
+    raise InputError(f"self-training supports the tasks {', '.join(POOL_TASKS)}, not {task!r}")
+
+
+# ---- the unlabeled pool ----------------------------------------------------------------------------------------------
+def _text_lines(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".txt") or name.endswith(".txt.gz")
+
+
+def _key(task: str, ex: Example) -> tuple:
+    """What makes two examples the same text (whitespace-insensitive)."""
+    if task == "tag":
+        return tuple(ex.tokens or [])
+    return (" ".join((ex.text or "").split()), " ".join((ex.text_b or "").split()))
+
+
+def read_pool(paths: Sequence[str | Path], task: str, fields: dict, exclude: Sequence[Example] = (),
+              size: int = 0, seed: int = 0) -> tuple[list[Example], dict]:
+    """Unlabeled examples for self-training / consistency training, and what was done to get them.
+
+    .txt / .txt.gz: one text per non-empty line (tag: the line split into words). CSV/TSV/JSONL (.gz allowed): the
+    text field(s) named in `fields` (as for the labeled files; a label column is ignored); CoNLL for tag. A pair pool
+    needs both texts (text_a/text_b), so it cannot be a .txt file. Items identical to an `exclude` example (the
+    labeled sets) or to an earlier pool item are dropped; then at most `size` (0: all) are sampled with `seed`."""
+    from pretune.data.corpus import iter_documents
+    from pretune.inference import split_words
+
+    if task not in POOL_TASKS:
+        raise InputError(f"an unlabeled pool is used for the tasks {', '.join(POOL_TASKS)}, not {task!r}")
+    if not paths:
+        raise InputError("no unlabeled files given (unlabeled / --unlabeled)")
+    fields = {k: v for k, v in fields.items() if v is not None}
+    items: list[Example] = []
+    for p in map(Path, paths):
+        if not _text_lines(p):
+            items += [dataclasses.replace(ex, label=None, tags=None, spans=None)  # labels there are not used
+                      for ex in read_examples(p, task, require_labels=False, **fields)]
+            continue
+        if task == "pair":
+            raise InputError("a pool for a pair task needs two texts per item: give CSV/TSV/JSONL with "
+                             f"{fields.get('text_field') or 'text_a'} and {fields.get('text_b_field', 'text_b')}",
+                             path=p)
+        for n, doc in enumerate(iter_documents(p, fmt="txt"), start=1):
+            if task == "classify":
+                items.append(Example(line=n, text=doc))
+            elif words := split_words(doc):
+                items.append(Example(line=n, tokens=words))
+    seen = {_key(task, ex) for ex in exclude}
+    n_read, pool = len(items), []
+    for ex in items:
+        k = _key(task, ex)
+        if k not in seen:
+            seen.add(k)
+            pool.append(ex)
+    n_unique = len(pool)
+    if not pool:
+        raise InputError(f"the unlabeled pool ({', '.join(map(str, paths))}) holds no text that is not already in "
+                         "the labeled training, validation or test set")
+    if size and len(pool) > size:
+        pool = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), size))]
+    info = {"files": [str(p) for p in paths], "read": n_read, "dropped_duplicates": n_read - n_unique,
+            "used": len(pool)}
+    return pool, info
+
+
+def labeled_pool(sec, seed: int) -> tuple[list[Example], list[Example], dict]:
+    """(gold training examples as fine-tuning uses them, the pool, pool info) for a FinetuneSection: the pool
+    without the texts of the training subset, the validation and the test set."""
+    from pretune.finetune import subsample
+
+    task, fields = sec.task, sec.fields()
+    gold = subsample(read_examples(sec.train, task, **fields), sec.label_fraction, sec.label_seed)
+    held_out = [ex for path in (sec.validation, sec.test) if path for ex in read_examples(path, task, **fields)]
+    pool, info = read_pool(sec.unlabeled, task, fields, exclude=gold + held_out, size=sec.pool_size, seed=seed)
+    return gold, pool, info
+
+
+def write_pseudo_labels(path: Path, task: str, fields: dict, pseudo: list[tuple[Example, float]]) -> None:
+    """JSONL of pseudo-labelled examples, readable by `read_examples` with `fields` (plus their "confidence")."""
+    text_key = fields.get("text_field") or ("text_a" if task == "pair" else "text")
+    b_key, label_key = fields.get("text_b_field") or "text_b", fields.get("label_field") or "label"
+    rows = []
+    for ex, p in pseudo:
+        if task == "tag":
+            row = {"tokens": ex.tokens, "tags": ex.tags}
+        else:
+            row = {text_key: ex.text, **({b_key: ex.text_b} if task == "pair" else {}), label_key: ex.label}
+        rows.append({**row, "confidence": round(p, 6)})
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
+def predict_pool(model_dir: Path, pool: list[Example], batch_size: int, device: str) -> tuple[list[str], list]:
+    """(label names, the teacher's merged output per pool example) of a fine-tuned checkpoint."""
+    from pretune.finetune import encode_split, load_task_model, merge_outputs, run_features
+    from pretune.train import resolve_device
+
+    model, tok, conf = load_task_model(model_dir, device=resolve_device(device))
+    data = encode_split(None, pool, model.task, tok, None, conf.get("max_len", 128), model.head_options)
+    outputs, _ = run_features(model, data.features, tok.specials.pad, batch_size)
+    return list(model.labels), merge_outputs(model.task, model.labels, pool, data.features, outputs)
+
+
+# ---- the rounds ------------------------------------------------------------------------------------------------------
+RECORD = "self_training.json"
+RESULT_FILES = ("metrics.jsonl", "test_report.json")
+
+
+def _improves(value, best, greater: bool) -> bool:
+    if value is None:
+        return False
+    return best is None or (value > best if greater else value < best)
+
+
+def _prepare(out: Path, run_record: dict, resume: bool, overwrite: bool) -> list[dict]:
+    """Make `out` ready; returns the rounds already finished (with --resume), else []."""
+    from pretune.pretrain import prepare_out_dir
+
+    if not resume:
+        prepare_out_dir(out, run_record, resume=False, overwrite=overwrite)
+        ck.write_json(out / "run.json", run_record)
+        return []
+    if not (out / "run.json").is_file():
+        raise InputError("--resume: no self-training run here (no run.json)", path=out)
+    old = ck.read_json(out / "run.json")
+    neutral = ("progress", "device", "log_every", "save_every")
+    if ({s: {k: v for k, v in vals.items() if k not in neutral} for s, vals in old.items()}
+            != {s: {k: v for k, v in vals.items() if k not in neutral} for s, vals in run_record.items()}):
+        raise InputError("--resume: this directory holds a run with a different config; use the same config or "
+                         "another --out", path=out)
+    return ck.read_json(out / RECORD)["rounds"] if (out / RECORD).is_file() else []
+
+
+def _install_result(out: Path, round_dir: Path) -> None:
+    """out/model, metrics.jsonl, test_report.json := the kept round's."""
+    def fill(tmp: Path) -> None:
+        for f in (round_dir / "model").iterdir():
+            shutil.copy2(f, tmp / f.name)
+
+    ck.write_dir_atomic(out / "model", fill)
+    for name in RESULT_FILES:
+        (out / name).unlink(missing_ok=True)
+        if (round_dir / name).is_file():
+            shutil.copy2(round_dir / name, out / name)
+
+
+def self_train(sections: dict, resume: bool = False, overwrite: bool = False, source=None) -> dict:
+    """Fine-tune, then self-train for [finetune] self_training_rounds rounds (see the module docstring).
+
+    Returns what `finetune()` returns for the kept round (n_train: the gold examples), plus "self_training": the
+    content of out/self_training.json."""
+    from pretune.finetune import finetune
+    from pretune.report import headline_metrics
+
+    sec = sections["finetune"].validate(source)
+    tcfg = sections["train"].validate(source)
+    if sec.self_training_rounds < 1:
+        raise InputError("self_training_rounds must be >= 1 for self-training", path=source)
+    if dist.world_size() > 1:
+        raise InputError("self-training runs in one process: start it without torchrun (consistency training, "
+                         "uda_weight, works under torchrun)")
+    ck.load_checkpoint(sec.checkpoint)  # a bad --from fails here, before `out` is touched
+    gold, pool, pool_info = labeled_pool(sec, tcfg.seed)
+    out = Path(sec.out)
+    rounds = _prepare(out, {"finetune": asdict(sec), "train": asdict(tcfg)}, resume, overwrite)
+    metric = sec.metric_name()
+    greater = metric != "loss"
+    record = {"metric": metric, "greater_is_better": greater, "threshold": sec.pseudo_threshold or None,
+              "top_k": sec.pseudo_top_k or None, "tag_confidence": sec.tag_confidence if sec.task == "tag" else None,
+              "n_gold": len(gold), "pool": pool_info, "rounds": rounds}
+    results: dict[int, dict] = {}
+    kept = max((r["round"] for r in rounds if r["kept"]), default=None)  # the teacher: the best round so far
+    best = next((r["validation"] for r in rounds if r["round"] == kept), None)
+    # with --resume: go on after the finished rounds, unless one was discarded (that ended self-training)
+    first = len(rounds) if all(r["kept"] for r in rounds) else sec.self_training_rounds + 1
+    for n in range(first, sec.self_training_rounds + 1):
+        d = out / f"round-{n}"
+        round_sec = dataclasses.replace(sec, out=str(d), self_training_rounds=0)
+        row: dict = {"round": n, "teacher": kept, "n_gold": len(gold), "n_pseudo": 0}
+        if n > 0:
+            labels, merged = predict_pool(out / f"round-{kept}" / "model", pool, tcfg.batch_size * 2, tcfg.device)
+            chosen = pseudo_label(sec.task, labels, pool, merged, sec.pseudo_threshold, sec.pseudo_top_k,
+                                  sec.tag_confidence)
+            row["n_pseudo"] = len(chosen)
+            if sec.task in ("classify", "pair"):
+                row["pseudo_per_label"] = dict(sorted(Counter(ex.label for ex, _ in chosen).items()))
+            if not chosen:
+                rounds.append({**row, "kept": False, "note": "no pool item passed the confidence threshold"})
+                break
+            pseudo_file = out / f"pseudo-round-{n}.jsonl"
+            write_pseudo_labels(pseudo_file, sec.task, sec.fields(), chosen)
+            round_sec = dataclasses.replace(round_sec, pseudo_labels=str(pseudo_file))
+        if dist.is_main():
+            print(f"self-training round {n}" + (f": {row['n_pseudo']} pseudo labels from round {kept}" if n else
+                                                 ": the plain fine-tune (first teacher)"))
+        again = resume and (d / "last").is_dir()
+        res = finetune({"finetune": round_sec, "train": dataclasses.replace(tcfg)}, resume=again,
+                       overwrite=not again, source=source)
+        results[n] = res
+        for name in ("last", "best"):  # model/ is the round's result; the rest only served resuming
+            shutil.rmtree(d / name, ignore_errors=True)
+        improved = n == 0 or _improves(res["best"], best, greater)
+        row.update(validation=res["best"], validation_metrics=res["validation"], steps=res["steps"],
+                   test=headline_metrics(res["test"]) if res["test"] else None, kept=improved)
+        rounds.append(row)
+        ck.write_json(out / RECORD, record)
+        if not improved:
+            break
+        kept, best = n, res["best"]
+    record["kept_round"] = kept
+    ck.write_json(out / RECORD, record)
+    _install_result(out, out / f"round-{kept}")
+    final = next(r for r in rounds if r["round"] == kept)
+    test = ck.read_json(out / "test_report.json") if (out / "test_report.json").is_file() else None
+    return {"out": str(out), "metric": metric, "best": final["validation"], "validation": final["validation_metrics"],
+            "test": test, "steps": final["steps"], "n_train": len(gold), "n_pseudo": final["n_pseudo"],
+            "stopped_early": results[kept]["stopped_early"] if kept in results else None,
+            "warnings": [w for r in results.values() for w in r["warnings"]], "self_training": record}
+
+
+def format_rounds(record: dict) -> str:
+    """The rounds of a self-training record as a terminal table (validation and test gain over round 0)."""
+    metric, rounds = record.get("metric", "?"), record.get("rounds", [])
+    first = rounds[0] if rounds else {}
+    test_key = metric if metric in (first.get("test") or {}) else next(iter(first.get("test") or {}), None)
+    lines = [f"self-training ({record.get('n_gold', '?')} gold labels, pool of "
+             f"{record.get('pool', {}).get('used', '?')}): validation {metric}"
+             + (f", test {test_key}" if test_key else ""),
+             f"{'round':>5}  {'pseudo':>7}  {'validation':>10}  {'gain':>8}  {'test':>8}  {'gain':>8}  kept"]
+    for r in rounds:
+        val, test = r.get("validation"), (r.get("test") or {}).get(test_key) if test_key else None
+        val0, test0 = first.get("validation"), (first.get("test") or {}).get(test_key) if test_key else None
+
+        def cell(v, width=8, sign=False):
+            return f"{v:>+{width}.4f}" if sign and v is not None else f"{v:>{width}.4f}" if v is not None else \
+                f"{'-':>{width}}"
+
+        lines.append(f"{r['round']:>5}  {r.get('n_pseudo', 0):>7}  {cell(val, 10)}  "
+                     f"{cell(val - val0 if None not in (val, val0) else None, sign=True)}  {cell(test)}  "
+                     f"{cell(test - test0 if None not in (test, test0) else None, sign=True)}  "
+                     f"{'yes' if r.get('kept') else 'no'}{'  (' + r['note'] + ')' if r.get('note') else ''}")
+    return "\n".join(lines)
