@@ -202,12 +202,17 @@ def _score_table(rows: dict[str, dict], total: tuple[str, dict] | None) -> list[
 
 
 def _confusion_table(labels: list[str], confusion: list[list[int]]) -> list[str]:
-    cell = max([len(str(v)) for row in confusion for v in row] + [len(n) for n in labels] + [4])
+    """Rows: true label, columns: predicted. Long label names head the rows only; the columns then carry the row
+    numbers, so 26 classes still fit a terminal."""
+    numbered = max(len(n) for n in labels) > 6
+    heads = [str(i) for i in range(1, len(labels) + 1)] if numbered else labels
+    names = [f"{i:>2} {n}" for i, n in enumerate(labels, 1)] if numbered else labels
+    cell = max([len(str(v)) for row in confusion for v in row] + [len(h) for h in heads] + [3])
     corner = "true \\ pred"
-    name_w = max([len(n) for n in labels] + [len(corner)])
-    out = [f"{corner:<{name_w}}  " + "  ".join(f"{n:>{cell}}" for n in labels)]
-    for name, row in zip(labels, confusion, strict=True):
-        out.append(f"{name:<{name_w}}  " + "  ".join(f"{v:>{cell}d}" for v in row))
+    name_w = max([len(n) for n in names] + [len(corner)])
+    out = [f"{corner:<{name_w}}  " + " ".join(f"{h:>{cell}}" for h in heads)]
+    for name, row in zip(names, confusion, strict=True):
+        out.append(f"{name:<{name_w}}  " + " ".join(f"{v:>{cell}d}" for v in row))
     return out
 
 

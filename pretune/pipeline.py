@@ -41,6 +41,7 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[tokenizer] vocab_size` | `8000` | vocabulary size (specials included) |
 | `[tokenizer] min_frequency` | `2` | rarest pair/piece kept |
 | `[tokenizer] lowercase` | `false` | lowercase (and strip accents, WordPiece) before tokenizing |
+| `[tokenizer] file` | none | use this `tokenizer.json` / `vocab.txt` (casing guessed) instead of training one |
 | `[pretrain] objective` | `"mlm"` | pretraining objective (`pretune pretrain --help` lists them) |
 | `[pretrain] model_size` | `"base"` | preset `tiny`, `mini`, `small` or `base`; `[pretrain.model]` overrides it |
 | `[pretrain] max_len` | `128` | tokens per packed pretraining sequence |
@@ -130,6 +131,7 @@ class TokenizerSection:
     vocab_size: int = 8000
     min_frequency: int = 2
     lowercase: bool = False
+    file: str = ""  # an existing tokenizer.json / vocab.txt to use instead of training one
 
 
 @dataclass
@@ -202,7 +204,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 PATH_KEYS = {("corpus", "files"), ("finetune", "train"), ("finetune", "validation"), ("finetune", "test"),
-             ("finetune", "unlabeled"), ("pretrain", "init_from")}
+             ("finetune", "unlabeled"), ("pretrain", "init_from"), ("tokenizer", "file")}
 
 
 def _resolve_paths(raw: dict, base: Path) -> None:
@@ -427,6 +429,11 @@ def stage_tokenizer(runner: Runner, cfg: PipelineConfig) -> StageResult:
         if not source.is_file():
             raise InputError(f"checkpoint has no {ck.TOKENIZER}; it cannot be continued", path=source.parent)
         inputs = {"from_checkpoint": file_hash(source)}
+    elif cfg.tokenizer.file:
+        source = Path(cfg.tokenizer.file)
+        if not source.is_file():
+            raise InputError("[tokenizer] file not found: expected a tokenizer.json or vocab.txt", path=source)
+        inputs = {"from_file": file_hash(source)}
     else:
         inputs = {"tokenizer": asdict(cfg.tokenizer), "corpus": _corpus_inputs(cfg)}
 
@@ -435,6 +442,9 @@ def stage_tokenizer(runner: Runner, cfg: PipelineConfig) -> StageResult:
         if init:
             tok = PretuneTokenizer.load(source)
             kind = "from checkpoint"
+        elif cfg.tokenizer.file:
+            tok = PretuneTokenizer.load(source)
+            kind = f"from {source.name}"
         else:
             t = cfg.tokenizer
             texts = iter_corpus(cfg.corpus.files, fmt=cfg.corpus.format, field=cfg.corpus.field,

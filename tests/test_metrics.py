@@ -202,3 +202,16 @@ def test_format_report_names_every_label():
     assert "0.6667" in format_report(reports[0][0])  # accuracy 2/3
     with pytest.raises(ValueError):
         format_report({"accuracy": 1.0})
+
+
+def test_confusion_table_numbers_long_label_columns():
+    labels = [f"noun.class_{i:02d}" for i in range(26)]
+    y_true = [i % 26 for i in range(300)]
+    y_pred = [(i * 7) % 26 for i in range(300)]
+    report = classification_report(y_true, y_pred, labels)
+    table = format_report(report).split("\n\n")[-1].splitlines()
+    assert len(table) == 27 and max(len(line) for line in table) < 160  # 26 columns still fit a wide terminal
+    assert table[0].split()[-26:] == [str(i) for i in range(1, 27)]
+    for i, line in enumerate(table[1:]):
+        assert line.split()[:2] == [str(i + 1), labels[i]]
+        assert [int(v) for v in line.split()[2:]] == report["confusion"][i]

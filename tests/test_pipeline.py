@@ -206,6 +206,22 @@ def test_changed_labels_rerun_finetuning_only(tiny_run, tmp_path, capsys):
     assert json.loads((out / "report" / "summary.json").read_text())["test_size"] == 50
 
 
+def test_tokenizer_file_is_used_instead_of_training(tiny_run, tmp_path, capsys):
+    """[tokenizer] file: the stage takes the given tokenizer; the same vocabulary as before leaves the shards and
+    the pretraining up to date (they depend on the tokenizer's content, not on how it was made)."""
+    config, out = copy_run(tiny_run, tmp_path)
+    given = tmp_path / "given.json"
+    shutil.copy(out / "tokenizer" / "tokenizer.json", given)
+    before = stage_record(out, "tokenizer")["result"]
+    code, log, err = run(config, out, capsys, "--set", f"tokenizer.file={given}")
+    assert code == 0, err
+    assert "tokenizer" in ran(log) and {"shards", "pretrain"} <= skipped(log)
+    after = stage_record(out, "tokenizer")["result"]
+    assert after["sha256"] == before["sha256"] and after["kind"] == "from given.json"
+    code, _, err = run(config, out, capsys, "--set", f"tokenizer.file={tmp_path / 'missing.json'}")
+    assert code == 2 and "missing.json" in err and "[tokenizer] file not found" in err
+
+
 def test_interrupted_stage_continues(tmp_path, capsys, monkeypatch):
     from pretune.train import Trainer
 
