@@ -969,7 +969,6 @@ def cmd_run(args) -> None:
 
 
 def register_cli(sub) -> None:
-    import argparse
 
     p = sub.add_parser(
         "run", help="the whole recipe: tokenizer, pretraining, fine-tuning vs. a baseline, report",
@@ -977,14 +976,21 @@ def register_cli(sub) -> None:
                     "from-scratch baseline, optional label sweep, test evaluation, report). Stages whose inputs "
                     "did not change since the last run in the same --out are skipped; an interrupted stage "
                     "continues from its checkpoint. With no CONFIG, the bundled WordNet default runs.")
+    add_run_arguments(p, "e.g. --set pretrain.trainer.max_steps=500", "re-run every stage, even those up to date")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    p.set_defaults(func=cmd_run)
+
+
+def add_run_arguments(p, set_example: str, force_help: str) -> None:
+    """The options of every command that reads a run config (`pretune run`, `pretune tune`); see cli_overrides."""
+    import argparse
+
     p.add_argument("config", nargs="?", default=None, help="pipeline TOML (default: the bundled WordNet example)")
     p.add_argument("--out", default=None, help="run directory (default: [run] out, else ./pretune-run)")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
-                   help="override a config value, e.g. --set pretrain.trainer.max_steps=500 (repeatable)")
+                   help=f"override a config value, {set_example} (repeatable)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int, default=None, help="[run] seed")
     p.add_argument("--threads", type=int, default=None, help="[run] threads: CPU threads for torch")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
-    p.add_argument("--force", action="store_true", help="re-run every stage, even those that are up to date")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
-    p.set_defaults(func=cmd_run)
+    p.add_argument("--force", action="store_true", help=force_help)

@@ -379,7 +379,7 @@ def cmd_tune(args) -> None:
 
 
 def register_cli(sub) -> None:
-    import argparse
+    from pretune.pipeline import add_run_arguments
 
     p = sub.add_parser(
         "tune", help="search fine-tuning hyperparameters (Optuna) and write the best run config",
@@ -387,15 +387,7 @@ def register_cli(sub) -> None:
                     "same --out), then search the [tune] space of learning rate, head learning rate, batch size, "
                     "epochs, warm-up and freezing on the validation metric, pruning trials that fall behind. "
                     "Writes OUT/tune/trials.json and OUT/tune/best.toml (pass it to `pretune run`).")
-    p.add_argument("config", nargs="?", default=None, help="pipeline TOML (default: the bundled WordNet example)")
-    p.add_argument("--out", default=None, help="run directory (default: [run] out, else ./pretune-run)")
+    add_run_arguments(p, "e.g. --set tune.lr=[1e-5,1e-3]", "re-run every stage, the search included")
     p.add_argument("--trials", type=int, default=None, help=f"[tune] trials (default {DEFAULT_TRIALS})")
     p.add_argument("--timeout", type=float, default=None, help="[tune] timeout: no new trial after this many seconds")
-    p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
-                   help="override a config value, e.g. --set tune.lr=[1e-5,1e-3] (repeatable)")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--seed", type=int, default=None, help="[run] seed")
-    p.add_argument("--threads", type=int, default=None, help="[run] threads: CPU threads for torch")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
-    p.add_argument("--force", action="store_true", help="re-run every stage, the search included")
     p.set_defaults(func=cmd_tune)
