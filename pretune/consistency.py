@@ -59,6 +59,8 @@ class Consistency:
         self.pad_id = s.pad
         self.mask_id = s.mask if s.mask is not None else s.unk
         self.keep_ids = [s.cls, s.sep, s.pad]
+        self.seen = self.kept = 0  # unlabeled items scored / counted by the confidence mask, in this process
+        self.top_confidence = 0.0  # the highest clean-prediction probability seen
 
     def batch(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """`batch_size` pool items (distinct, drawn with `generator`), collated, with their noised input ids."""
@@ -90,9 +92,21 @@ class Consistency:
             model.train(was_training)
         noisy = _item_logits(model, {**inputs, "input_ids": rows["noisy_ids"]})
         loss, n_kept = consistency_loss(clean, noisy, self.temperature, self.threshold)
+        self.seen, self.kept = self.seen + len(clean), self.kept + n_kept
+        if len(clean):
+            self.top_confidence = max(self.top_confidence, float(clean.float().softmax(-1).amax()))
         n = torch.tensor(float(len(clean)))
         stats = {"uda_loss": (loss.detach() * n, n), "uda_confident": (torch.tensor(float(n_kept)), n)}
         return self.weight * loss, stats
+
+
+    def idle_warning(self) -> str | None:
+        """A warning when the confidence mask let no item through: the term then changed nothing."""
+        if self.seen == 0 or self.kept > 0:
+            return None
+        return (f"consistency training had no effect: none of the {self.seen} unlabeled predictions reached "
+                f"uda_threshold {self.threshold:g} (the most confident was {self.top_confidence:.2f}); "
+                f"lower --uda-threshold")
 
 
 def _item_logits(model: nn.Module, inputs: dict) -> torch.Tensor:

@@ -414,6 +414,11 @@ def test_uda_trains_and_logs_its_term(tiny_ckpt, tmp_path):
     a = load_file(str(tmp_path / "plain" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "uda" / "model" / "model.safetensors"))
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the term changed the training
+    # a threshold no prediction reaches: the term is idle and the run says so
+    result = ft.finetune(sections("idle", uda_weight=1.0, uda_threshold=1.0, uda_batch_size=6))
+    assert any("consistency training had no effect" in w and "uda_threshold 1" in w for w in result["warnings"])
+    assert not any("no effect" in w for w in ft.finetune(sections("uda2", uda_weight=1.0, uda_threshold=0.0,
+                                                                  uda_batch_size=6))["warnings"])
 
 
 # ---- the pipeline ------------------------------------------------------------------------------------------------
