@@ -479,7 +479,6 @@ def test_pipeline_reports_the_rounds(tiny_ckpt, tmp_path, capsys):
 
 
 # ---- does it pay? ------------------------------------------------------------------------------------------------
-@pytest.mark.slow
 def test_self_training_does_not_lose_to_the_plain_fine_tune(pretrained_ckpt, tmp_path):
     """Four supersense classes (924 training glosses), 10% of them labeled (92), the other training glosses as the
     unlabeled pool; three seeds. Round 0 is exactly the plain fine-tune. Measured in one session with this fixture
