@@ -435,7 +435,8 @@ def stage_tokenizer(runner: Runner, cfg: PipelineConfig) -> StageResult:
             raise InputError("[tokenizer] file not found: expected a tokenizer.json or vocab.txt", path=source)
         inputs = {"from_file": file_hash(source)}
     else:
-        inputs = {"tokenizer": asdict(cfg.tokenizer), "corpus": _corpus_inputs(cfg)}
+        trained = {k: v for k, v in asdict(cfg.tokenizer).items() if k != "file"}  # what training depends on
+        inputs = {"tokenizer": trained, "corpus": _corpus_inputs(cfg)}
 
     def work(d: Path, resume: bool) -> dict:
         d.mkdir(parents=True, exist_ok=True)
