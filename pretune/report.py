@@ -76,6 +76,16 @@ def format_summary(summary: dict) -> str:
         text = "  ".join(f"{v:>10.4f}" if v is not None else f"{'-':>10}" for v in cells)
         name = "sweep " + _percent(point["fraction"])
         lines.append(f"{name:<{width}}  {text}   ({point.get('n_train', '?')} labels, {sweep_metric})")
+    rounds = (summary.get("self_training") or {}).get("rounds") or []
+    if len(rounds) > 1:
+        kept = [r["round"] for r in rounds if r.get("kept")]
+        scores = ", ".join(f"{r['round']}: {r['validation']:.4f}" for r in rounds if r.get("validation") is not None)
+        lines.append(f"pretrained = self-training round {kept[-1]} (of rounds 0-{rounds[-1]['round']}, kept by "
+                     f"validation {summary['self_training'].get('metric', '')}: {scores})")
+    best = (summary.get("tune") or {}).get("best")
+    if best:
+        lines.append(f"fine-tuned with the best values of a {summary['tune'].get('trials', '?')}-trial search "
+                     f"(trial {best.get('number')})")
     return "\n".join(lines)
 
 

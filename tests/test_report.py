@@ -188,3 +188,15 @@ def test_report_renders_in_chromium(tmp_path):
     widths = load_in_chromium(path, tmp_path)
     assert len(widths) == 4
     assert all(w > 300 for w in widths), widths
+
+
+def test_format_summary_names_the_kept_self_training_round_and_the_search():
+    summary = _data().summary
+    assert "self-training" not in format_summary(summary) and "search" not in format_summary(summary)
+    rounds = [{"round": 0, "validation": 0.50, "kept": True}, {"round": 1, "validation": 0.55, "kept": True},
+              {"round": 2, "validation": 0.54, "kept": False}]
+    summary = {**summary, "self_training": {"metric": "accuracy", "rounds": rounds},
+               "tune": {"trials": 8, "best": {"number": 3, "value": 0.6}}}
+    text = format_summary(summary)
+    assert "self-training round 1 (of rounds 0-2" in text and "2: 0.5400" in text
+    assert "8-trial search (trial 3)" in text
