@@ -286,22 +286,29 @@ def _tokens(obj: dict[str, Any], path: Path, line: int) -> list[str]:
     return tokens
 
 
-def _read_tag_jsonl(text: str, path: Path, require_labels: bool) -> list[Example]:
+def _read_word_jsonl(text: str, path: Path, require_labels: bool, key: str, parse) -> list[Example]:
+    """JSONL of {"tokens": [...], key: ...}: `parse(value, tokens, line)` checks and converts the labels
+    (the key may be absent or null unless labels are required)."""
     examples = []
     for line, obj in _iter_jsonl(text, path):
         tokens = _tokens(obj, path, line)
-        tags = None
         if require_labels:
-            _need_columns(path, line, obj, ["tags"])
-        if obj.get("tags") is not None:
-            tags = _word_list(obj, "tags", path, line)
-            if len(tags) != len(tokens):
-                raise InputError(f"{len(tokens)} tokens but {len(tags)} tags", path, line)
-            for tag in tags:
-                _check_tag(tag, path, line)
-            tags = iob1_to_iob2(tags)
-        examples.append(Example(line=line, tokens=tokens, tags=tags))
+            _need_columns(path, line, obj, [key])
+        labels = parse(obj, tokens, line) if obj.get(key) is not None else None
+        examples.append(Example(line=line, tokens=tokens, **{key: labels}))
     return examples
+
+
+def _read_tag_jsonl(text: str, path: Path, require_labels: bool) -> list[Example]:
+    def parse(obj: dict, tokens: list[str], line: int) -> list[str]:
+        tags = _word_list(obj, "tags", path, line)
+        if len(tags) != len(tokens):
+            raise InputError(f"{len(tokens)} tokens but {len(tags)} tags", path, line)
+        for tag in tags:
+            _check_tag(tag, path, line)
+        return iob1_to_iob2(tags)
+
+    return _read_word_jsonl(text, path, require_labels, "tags", parse)
 
 
 def _one_span(item: Any, n: int, path: Path, line: int) -> tuple[int, int, str]:
@@ -326,27 +333,18 @@ def _one_span(item: Any, n: int, path: Path, line: int) -> tuple[int, int, str]:
 
 
 def _read_span_jsonl(text: str, path: Path, require_labels: bool) -> list[Example]:
-    examples = []
-    for line, obj in _iter_jsonl(text, path):
-        tokens = _tokens(obj, path, line)
-        spans = None
-        if require_labels:
-            _need_columns(path, line, obj, ["spans"])
-        if obj.get("spans") is not None:
-            if not isinstance(obj["spans"], list):
-                raise InputError("expected a list in 'spans'", path, line)
-            by_bounds: dict[tuple[int, int], str] = {}
-            for item in obj["spans"]:
-                start, end, label = _one_span(item, len(tokens), path, line)
-                if by_bounds.setdefault((start, end), label) != label:
-                    raise InputError(
-                        f"span ({start}, {end}) has two labels '{by_bounds[(start, end)]}' and '{label}'",
-                        path,
-                        line,
-                    )
-            spans = [(s, e, lab) for (s, e), lab in by_bounds.items()]
-        examples.append(Example(line=line, tokens=tokens, spans=spans))
-    return examples
+    def parse(obj: dict, tokens: list[str], line: int) -> list[tuple[int, int, str]]:
+        if not isinstance(obj["spans"], list):
+            raise InputError("expected a list in 'spans'", path, line)
+        by_bounds: dict[tuple[int, int], str] = {}
+        for item in obj["spans"]:
+            start, end, label = _one_span(item, len(tokens), path, line)
+            if by_bounds.setdefault((start, end), label) != label:
+                raise InputError(f"span ({start}, {end}) has two labels '{by_bounds[(start, end)]}' and '{label}'",
+                                 path, line)
+        return [(s, e, lab) for (s, e), lab in by_bounds.items()]
+
+    return _read_word_jsonl(text, path, require_labels, "spans", parse)
 
 
 def read_examples(
