@@ -121,12 +121,7 @@ def read_inputs(path: str | Path, task: str, fields: dict | None = None) -> tupl
     if path.suffix.lower() == ".txt":
         if task == "pair":
             raise InputError("pair inputs need two texts: give JSONL, CSV or TSV with text_a and text_b", path=path)
-        try:
-            lines = path.read_text(encoding="utf-8").split("\n")
-        except FileNotFoundError:
-            raise InputError("file not found", path=path) from None
-        except UnicodeDecodeError as e:
-            raise InputError(f"expected UTF-8 text (byte {e.start})", path=path) from None
+        lines = _text_lines(path)
         examples = [Example(line=i + 1, text=ln.rstrip("\r")) if task == "classify" else
                     Example(line=i + 1, tokens=split_words(ln)) for i, ln in enumerate(lines) if ln.strip()]
         if not examples or (task != "classify" and any(not ex.tokens for ex in examples)):
@@ -266,16 +261,21 @@ def embed(checkpoint, texts: Sequence[str], layers: str = "last", pool: str = "c
     return (arr, tokens) if return_tokens else arr
 
 
+def _text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (InputError naming the file when missing or not UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        raise InputError("file not found", path=path) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"expected UTF-8 text (byte {e.start})", path=path) from None
+
+
 def read_texts(path: str | Path, field: str = "text") -> list[str]:
     """Texts to embed: .txt one per non-empty line; JSONL / CSV / TSV: the `field` column."""
     path = Path(path)
     if path.suffix.lower() == ".txt":
-        try:
-            lines = path.read_text(encoding="utf-8").split("\n")
-        except FileNotFoundError:
-            raise InputError("file not found", path=path) from None
-        except UnicodeDecodeError as e:
-            raise InputError(f"expected UTF-8 text (byte {e.start})", path=path) from None
+        lines = _text_lines(path)
         texts = [ln.rstrip("\r") for ln in lines if ln.strip()]
         if not texts:
             raise InputError("file is empty", path=path)
