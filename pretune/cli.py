@@ -22,14 +22,14 @@ def _corpus_args(p: argparse.ArgumentParser) -> None:
 
 # ---- tokenizer ----------------------------------------------------------------------------------------------------
 def cmd_tokenizer_train(args) -> None:
-    from pretune.data.corpus import iter_corpus
+    from pretune.data.corpus import Corpus
     from pretune.tokenizer import train_tokenizer
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InputError("already exists; pass --overwrite to replace it", path=out)
     t0 = time.perf_counter()
-    texts = iter_corpus(args.files, fmt=args.fmt, field=args.field, doc_split=args.doc_split)
+    texts = Corpus(args.files, fmt=args.fmt, field=args.field, doc_split=args.doc_split)
     tok = train_tokenizer(texts, kind=args.kind, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
                           lowercase=args.lowercase)
     tok.save(out)

@@ -420,7 +420,7 @@ def _corpus_inputs(cfg: PipelineConfig) -> dict:
 
 
 def stage_tokenizer(runner: Runner, cfg: PipelineConfig) -> StageResult:
-    from pretune.data.corpus import iter_corpus
+    from pretune.data.corpus import Corpus
     from pretune.tokenizer import PretuneTokenizer, train_tokenizer
 
     init = cfg.pretrain.init_from
@@ -448,8 +448,8 @@ def stage_tokenizer(runner: Runner, cfg: PipelineConfig) -> StageResult:
             kind = f"from {source.name}"
         else:
             t = cfg.tokenizer
-            texts = iter_corpus(cfg.corpus.files, fmt=cfg.corpus.format, field=cfg.corpus.field,
-                                doc_split=cfg.corpus.doc_split)
+            texts = Corpus(cfg.corpus.files, fmt=cfg.corpus.format, field=cfg.corpus.field,
+                           doc_split=cfg.corpus.doc_split)
             tok = train_tokenizer(texts, kind=t.kind, vocab_size=t.vocab_size, min_frequency=t.min_frequency,
                                   lowercase=t.lowercase)
             kind = t.kind

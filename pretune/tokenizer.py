@@ -11,6 +11,7 @@ import json
 import os
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -294,6 +295,9 @@ def train_tokenizer(
     starts (whitespace runs count as one space). char: one token per non-whitespace character of the corpus
     (vocab_size, min_frequency and limit_alphabet ignored); decode joins the characters without spaces.
     min_frequency is ignored by unigram; limit_alphabet applies to wordpiece and bpe only.
+    wordpiece / bpe: when `texts` can be iterated twice (a list, a `pretune.data.corpus.Corpus`) a first pass
+    fixes the ids the trainer would otherwise give in hash order, and the vocabulary is the same in every run; a
+    one-shot iterator is read once, with the library's small run-to-run differences.
     """
     if kind not in KINDS:
         raise InputError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -313,6 +317,10 @@ def train_tokenizer(
     else:
         tok = _untrained(kind, lowercase)
         trainer = _trainer(kind, vocab_size, min_frequency, limit_alphabet)
+        pinned = []
+        if kind in ("wordpiece", "bpe") and not isinstance(texts, Iterator):  # re-iterable: reproducible ids
+            pinned = _pinned_pieces(kind, tok, texts, limit_alphabet)
+            trainer.special_tokens = [*SPECIAL_TOKENS, *pinned]
         try:
             tok.train_from_iterator(stream, trainer)
         except Exception as e:
@@ -322,9 +330,32 @@ def train_tokenizer(
                     f"tokens and every character of the corpus ({e})"
                 ) from e
             raise
+        if pinned:  # they were special only to fix their ids: make them ordinary vocabulary entries again
+            data = json.loads(tok.to_str())
+            data["added_tokens"] = [a for a in data["added_tokens"] if a["content"] in SPECIAL_TOKENS]
+            tok = Tokenizer.from_str(json.dumps(data))
     if [tok.token_to_id(t) for t in SPECIAL_TOKENS] != list(range(n)):  # pragma: no cover - library change
         raise RuntimeError(f"special tokens did not get ids 0..{n - 1}")
     return PretuneTokenizer(tok)
+
+
+def _pinned_pieces(kind: str, tok: Tokenizer, texts: Iterable[str], limit_alphabet: int | None) -> list[str]:
+    """The pieces the trainer creates in hash-map order for the alphabet (wordpiece: '##c' for a character inside
+    a word, bpe: 'c</w>' for one that ends a word), sorted. Given to the trainer as special tokens, they get fixed
+    ids, and so the merges that tie on count (broken by piece id) come out the same in every process: without this
+    the `tokenizers` trainers give a slightly different vocabulary from run to run (huggingface/tokenizers#1794).
+    One extra pass over `texts`."""
+    counts: Counter[str] = Counter()  # every character of the pre-tokenized words: the trainer's alphabet
+    placed: set[str] = set()  # characters in the position that makes a piece
+    for text in texts:
+        text = _check_text(text)
+        text = tok.normalizer.normalize_str(text) if tok.normalizer else text
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(text):
+            counts.update(word)
+            placed.update(word[1:] if kind == "wordpiece" else word[-1:])
+    ranked = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    alphabet = set(ranked[:limit_alphabet] if limit_alphabet else ranked)  # the trainer keeps the most frequent
+    return [CONTINUING_PREFIX + c if kind == "wordpiece" else c + END_OF_WORD for c in sorted(placed & alphabet)]
 
 
 def _non_empty_stream(texts: Iterable[str]) -> Iterator[str]:

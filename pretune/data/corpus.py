@@ -189,6 +189,16 @@ def _as_path_list(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> lis
     return [Path(p) for p in paths]
 
 
+class Corpus:
+    """The documents of corpus files, re-iterable: every iteration reads the files again (`iter_corpus`)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], **kw: Any):
+        self.paths, self.kw = paths, kw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter_corpus(self.paths, **self.kw)
+
+
 def iter_corpus(paths: Sequence[str | os.PathLike], **kw: Any) -> Iterator[str]:
     """Documents of several files in order (keyword arguments as for `iter_documents`)."""
     files = _as_path_list(paths)
