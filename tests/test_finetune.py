@@ -407,14 +407,15 @@ TASK_FILES = {
 TASK_ARGS = {
     "classify": ["--epochs", "5", "--max-len", "64"],
     # a pair needs cross-segment matching, which a barely pretrained body learns slowly: gentler body lr, more epochs
-    "pair": ["--epochs", "15", "--patience", "15", "--max-len", "96", "--lr", "3e-4", "--head-lr", "1e-3"],
+    "pair": ["--epochs", "15", "--patience", "15", "--max-len", "96"],
     "tag": ["--epochs", "5", "--max-len", "48"],
     "span": ["--epochs", "8", "--max-len", "48", "--max-span-width", "4"],
 }
 
 
-def _end_to_end(task: str, pretrained: Path, tmp_path: Path, capsys) -> tuple[dict, float]:
+def _end_to_end(task: str, pretrained: Path, tmp_path: Path, capsys, *extra: str) -> tuple[dict, float]:
     pattern, n_train, n_val, n_test = TASK_FILES[task]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     train = _known_label_subset(WORDNET / pattern.format("train"), tmp_path / pattern.format("train"), task,
                                 set(_labels_of(WORDNET / pattern.format("train"), task)), n_train)
     allowed = set(_labels_of(train, task)) | {"O"}
@@ -425,7 +426,7 @@ def _end_to_end(task: str, pretrained: Path, tmp_path: Path, capsys) -> tuple[di
     out = tmp_path / "run"
     code, stdout, err = run_cli(["finetune", "--task", task, "--from", pretrained, "--train", train, "--validation",
                                  val, "--test", test, "--out", out, "--lr", "1e-3", "--head-lr", "3e-3",
-                                 "--batch-size", "16", "--no-progress", *TASK_ARGS[task]], capsys)
+                                 "--batch-size", "16", "--no-progress", *TASK_ARGS[task], *extra], capsys)
     assert code == 0, err
     report = json.loads((out / "test_report.json").read_text())
     if task in ("classify", "pair"):
@@ -447,7 +448,13 @@ def test_task_learns_and_beats_the_majority_baseline(task, pretrained_ckpt, tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["pair", "span"])
 def test_task_learns_and_beats_the_majority_baseline_slow(task, pretrained_ckpt, tmp_path, capsys):
-    report, baseline = _end_to_end(task, pretrained_ckpt, tmp_path, capsys)
+    """pair: relatedness of two glosses is hard for the 100-step `tiny` fixture, and one seed can stay at the
+    majority answer (seen: test accuracy 0.513, 0.543, 0.587 for seeds 2, 0, 1 against a majority of 0.513), so the
+    mean of three seeds must beat it."""
     metric = "accuracy" if task in ("classify", "pair") else "f1"
-    print(f"{task}: test {metric} {report[metric]:.3f} vs majority baseline {baseline:.3f}")
-    assert report[metric] > baseline + 0.02
+    scores = []
+    for seed in (0, 1, 2) if task == "pair" else (0,):
+        report, baseline = _end_to_end(task, pretrained_ckpt, tmp_path / f"seed{seed}", capsys, "--seed", str(seed))
+        scores.append(report[metric])
+    print(f"{task}: test {metric} {scores} vs majority baseline {baseline:.3f}")
+    assert sum(scores) / len(scores) > baseline + 0.02
