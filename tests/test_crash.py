@@ -146,7 +146,7 @@ def test_sigkill_while_the_new_checkpoint_is_being_written(shards, reference, tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.0, 0.13, 0.37, 0.71])
+@pytest.mark.parametrize("delay", [0.0, 0.03, 0.07, 0.12])  # the 5 steps after line 3 take ~0.15-0.25 s idle
 def test_sigkill_at_more_random_moments(shards, reference, tmp_path, delay):
     run = tmp_path / "run"
     proc = start(shards, run)
