@@ -379,7 +379,7 @@ class Runner:
                 self.stages[name] = res
                 return res
         marker = self._marker(name)
-        resume = (resumable and not self.force and marker.is_file() and (d / "last").is_dir()
+        resume = (resumable and not self.force and marker.is_file() and _can_continue(d)
                   and _read_record(marker).get("fingerprint") == fp)
         if not resume and d.exists():
             shutil.rmtree(d)
@@ -526,6 +526,12 @@ def architecture_fp(checkpoint: Path) -> dict:
     """What a from-scratch baseline depends on: the architecture and the tokenizer, not the weights."""
     conf = ck.read_json(checkpoint / ck.CONFIG)
     return {"model": conf.get("model"), "tokenizer": file_hash(checkpoint / ck.TOKENIZER)}
+
+
+def _can_continue(d: Path) -> bool:
+    """Whether an interrupted stage left something to continue from: a training run's last/ checkpoint, or a
+    self-training run (its finished rounds are reused and an unfinished one continues from its own last/)."""
+    return (d / "last").is_dir() or ((d / "run.json").is_file() and (d / "round-0").is_dir())
 
 
 def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: Path, upstream: dict,

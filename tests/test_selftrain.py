@@ -478,6 +478,39 @@ def test_pipeline_reports_the_rounds(tiny_ckpt, tmp_path, capsys):
     shutil.rmtree(out)
 
 
+def test_pipeline_continues_an_interrupted_self_training_stage(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in round 1 of the pretrained fine-tune: the re-run keeps round 0 (not trained again) and continues
+    round 1 from its checkpoint."""
+    from pretune.train import Trainer
+
+    four_class_task(tmp_path, 40, 20, 20, 60)
+    config = tmp_path / "st.toml"
+    config.write_text(PIPELINE.format(ckpt=tiny_ckpt), encoding="utf-8")
+    out = tmp_path / "run"
+    real_save = Trainer.save
+
+    def save_then_stop(self, name, with_optimizer):
+        real_save(self, name, with_optimizer)
+        if name == "last" and self.out.name == "round-1" and self.step >= 5:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+
+    monkeypatch.setattr(Trainer, "save", save_then_stop)
+    code, _, _ = run_cli(["run", config, "--out", out], capsys)
+    assert code == 130 and (out / "finetune" / "round-1" / "last").is_dir()
+    round0 = (out / "finetune" / "round-0" / "model" / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr(Trainer, "save", real_save)
+    code, stdout, err = run_cli(["run", config, "--out", out], capsys)
+    assert code == 0, err
+    assert "[finetune] continuing from its last checkpoint" in stdout
+    assert "the plain fine-tune (first teacher)" not in stdout and "self-training round 1:" in stdout
+    assert (out / "finetune" / "round-0" / "model" / "model.safetensors").stat().st_mtime_ns == round0
+    steps = [json.loads(x)["step"] for x in (out / "finetune" / "round-1" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["split"] == "train"]
+    assert steps == sorted(set(steps))  # continued: no step logged twice
+    record = json.loads((out / "finetune" / "self_training.json").read_text())
+    assert [r["round"] for r in record["rounds"]] == [0, 1]
+
+
 # ---- does it pay? ------------------------------------------------------------------------------------------------
 def test_self_training_does_not_lose_to_the_plain_fine_tune(pretrained_ckpt, tmp_path):
     """Four supersense classes (924 training glosses), 10% of them labeled (92), the other training glosses as the
