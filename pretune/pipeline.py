@@ -529,9 +529,11 @@ def architecture_fp(checkpoint: Path) -> dict:
 
 
 def _can_continue(d: Path) -> bool:
-    """Whether an interrupted stage left something to continue from: a training run's last/ checkpoint, or a
-    self-training run (its finished rounds are reused and an unfinished one continues from its own last/)."""
-    return (d / "last").is_dir() or ((d / "run.json").is_file() and (d / "round-0").is_dir())
+    """Whether an interrupted stage left something to continue from: a training run's last/ checkpoint, a
+    self-training run (its finished rounds are reused and an unfinished one continues from its own last/), or a
+    search's study (its finished trials are kept)."""
+    return ((d / "last").is_dir() or ((d / "run.json").is_file() and (d / "round-0").is_dir())
+            or (d / "study.db").is_file())
 
 
 def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: Path, upstream: dict,

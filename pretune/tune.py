@@ -42,6 +42,7 @@ SPACE = {
 }
 PRUNERS = ("median", "none")
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
+STUDY_DB = "study.db"  # the Optuna study (SQLite): what lets an interrupted search continue
 
 
 @dataclass
@@ -181,9 +182,11 @@ def _trial_record(t) -> dict:
     return record
 
 
-def search(cfg, base: Path, directory: Path, log=print) -> dict:
+def search(cfg, base: Path, directory: Path, log=print, resume: bool = False) -> dict:
     """Search cfg's [tune] space by fine-tuning checkpoint `base` in directory/trial_NNN; write directory/trials.json
-    (after every trial). Only the best trial keeps its model/. Returns the stage result (best params and value)."""
+    (after every trial). Only the best trial keeps its model/. The study lives in directory/study.db (SQLite), so
+    with `resume` an interrupted search keeps its finished trials and runs only the rest. Returns the stage result
+    (best params and value)."""
     try:
         import optuna
     except ModuleNotFoundError:
@@ -221,6 +224,9 @@ def search(cfg, base: Path, directory: Path, log=print) -> dict:
         except TrainingError as e:
             trial.set_user_attr("error", str(e))
             raise
+        except KeyboardInterrupt:  # Optuna records the trial as failed: mark it, so a re-run does not count it
+            trial.set_user_attr("interrupted", True)
+            raise
         finally:
             for name in ("last", "best"):  # resumable state and a copy of model/: not needed after the trial
                 shutil.rmtree(out / name, ignore_errors=True)
@@ -245,13 +251,23 @@ def search(cfg, base: Path, directory: Path, log=print) -> dict:
         pruner = (optuna.pruners.MedianPruner(n_startup_trials=tune.prune_startup_trials,
                                               n_warmup_steps=tune.prune_warmup)
                   if tune.pruner == "median" else optuna.pruners.NopPruner())
-        study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=tune.seed),
-                                    pruner=pruner)
+        storage = f"sqlite:///{(directory / STUDY_DB).resolve()}"
+        if not resume:
+            (directory / STUDY_DB).unlink(missing_ok=True)
+        study = optuna.create_study(storage=storage, study_name="pretune", load_if_exists=True, direction=direction,
+                                    sampler=optuna.samplers.TPESampler(seed=tune.seed), pruner=pruner)
+        done = _finished(study)
+        for t in study.trials:  # what an interrupted trial left behind
+            if t not in done:
+                shutil.rmtree(directory / f"trial_{t.number:03d}", ignore_errors=True)
+        if done:
+            log(f"[tune] continuing the search: {len(done)} of {tune.trials} trials done")
         start = {k: v for k, v in config_values(cfg).items() if k in space and _inside(*space[k], v)}
-        if tune.start_from_config and start:
+        if tune.start_from_config and start and not study.trials:
             study.enqueue_trial(start)
-        study.optimize(objective, n_trials=tune.trials, timeout=tune.timeout or None, catch=(TrainingError,),
-                       callbacks=[after_trial])
+        if len(done) < tune.trials:
+            study.optimize(objective, n_trials=tune.trials - len(done), timeout=tune.timeout or None,
+                           catch=(TrainingError,), callbacks=[after_trial])
     finally:
         optuna.logging.set_verbosity(verbosity)
     record = ck.read_json(directory / "trials.json")
@@ -265,6 +281,12 @@ def search(cfg, base: Path, directory: Path, log=print) -> dict:
             "states": search_summary(record)["states"]}
 
 
+def _finished(study) -> list:
+    """The trials that ran to an end: complete, pruned or failed, not interrupted (by Ctrl-C, or a killed process
+    that left its trial running)."""
+    return [t for t in study.trials if t.state.name in STATES and not t.user_attrs.get("interrupted")]
+
+
 def _best_number(study) -> int | None:
     try:
         return study.best_trial.number
@@ -274,7 +296,7 @@ def _best_number(study) -> int | None:
 
 def _search_record(study, cfg, metric: str, direction: str, seconds: float) -> dict:
     """trials.json: what was searched, every trial, the best one."""
-    trials = [_trial_record(t) for t in study.trials if t.state.name in STATES]
+    trials = [_trial_record(t) for t in _finished(study)]
     best_n = _best_number(study)
     best = next(({"number": t["number"], "value": t["value"], "params": t["params"]} for t in trials
                  if t["number"] == best_n), None)
@@ -304,7 +326,8 @@ def stage_tune(runner, cfg, base: Path, base_fp: dict):
     sec = dataclasses.replace(cfg.finetune, checkpoint=str(base), from_scratch=False, test=None)
     inputs = {"init": base_fp, "data": _labeled_inputs(cfg.finetune), **_finetune_fp(sec, cfg.finetune_trainer),
               "tune": asdict(cfg.tune)}
-    return runner.stage("tune", inputs, lambda d, resume: search(cfg, base, d, log=runner.log))
+    return runner.stage("tune", inputs, lambda d, resume: search(cfg, base, d, log=runner.log, resume=resume),
+                        resumable=True)
 
 
 def tuned_config(runner, cfg, base: Path, base_fp: dict):

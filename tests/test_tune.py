@@ -242,3 +242,33 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(data, tmp_path, capsy
     code, _, err = tune(data, tmp_path / "all_fail", capsys, "--trials", "2", *SMALL)
     assert code == 3 and "no trial of the search finished (2 ran)" in err and "loss is nan" in err
     assert err.count("\n") == 1
+
+
+def test_an_interrupted_search_continues_with_its_finished_trials(data, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the third of four trials: the re-run keeps the two finished trials (same parameters, not run
+    again) and runs only what is left of the budget."""
+    import pretune.finetune
+
+    real, calls = pretune.finetune.finetune, []
+
+    def interrupt_third(sections, **kw):
+        calls.append(sections["finetune"].out)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        return real(sections, **kw)
+
+    monkeypatch.setattr(pretune.finetune, "finetune", interrupt_third)
+    out = tmp_path / "run"
+    code, _, _ = tune(data, out, capsys, "--trials", "4", *SMALL)
+    assert code == 130
+    before = trials_of(out)["trials"]
+    assert [t["state"] for t in before] == ["complete", "complete"]
+    monkeypatch.setattr(pretune.finetune, "finetune", real)
+    code, log, err = tune(data, out, capsys, "--trials", "4", *SMALL)
+    assert code == 0, err
+    assert "[tune] continuing from its last checkpoint" in log and "continuing the search: " in log
+    after = trials_of(out)["trials"]
+    finished = [t for t in after if t["state"] in ("complete", "pruned")]
+    assert len(finished) == 4 and finished[:2] == before  # the first two kept as they were
+    assert not any(f"trial {t['number']}:" in log for t in before)  # and not run again
+    assert not (out / "tune" / "trial_002").exists()  # the interrupted trial's folder is gone
