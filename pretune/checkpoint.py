@@ -45,15 +45,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, data) -> None:
-    """Write JSON through a temporary file and an atomic rename."""
+def write_text(path: Path, text: str) -> None:
+    """Write a text file through a temporary file and an atomic rename: readers see the old file or the new one."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON (indented) atomically."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 PAUSE_ENV = "PRETUNE_TEST_CHECKPOINT_PAUSE"  # "stage=seconds": crash tests kill the process inside a write

@@ -708,9 +708,10 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
                       groups=groups, early_stopping=EarlyStopping(metric, greater, sec.patience or None),
                       loss_weight=loss_weight(task, sec.crf), on_evaluate=on_evaluate)
     result = trainer.fit(resume=resume)
-    if uda is not None and dist.is_main() and uda.idle_warning():
-        warnings.append(uda.idle_warning())
-        print(f"pretune: warning: {warnings[-1]}", file=sys.stderr)
+    idle = uda.idle_warning() if uda is not None and dist.is_main() else None
+    if idle:
+        warnings.append(idle)
+        print(f"pretune: warning: {idle}", file=sys.stderr)
 
     test_report = None
     if test is not None and dist.is_main():

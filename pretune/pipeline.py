@@ -73,6 +73,7 @@ import shutil
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -366,8 +367,11 @@ class Runner:
     def _marker(self, name: str) -> Path:
         return self.root / ".running" / (name.replace("/", "__") + ".json")
 
-    def stage(self, name: str, inputs: dict, work, resumable: bool = False) -> StageResult:
-        """Run `work(directory, resume) -> dict` unless `name`'s stage.json holds the same fingerprint."""
+    def stage(self, name: str, inputs: dict, work, can_continue: Callable[[Path], bool] | None = None
+              ) -> StageResult:
+        """Run `work(directory, resume) -> dict` unless `name`'s stage.json holds the same fingerprint.
+        `can_continue(directory)`: whether an interrupted run of the stage left something to continue from
+        (None: the stage always starts over)."""
         d = self.root / name
         fp = fingerprint({"stage": name, **inputs})
         record_file = d / "stage.json"
@@ -379,7 +383,7 @@ class Runner:
                 self.stages[name] = res
                 return res
         marker = self._marker(name)
-        resume = (resumable and not self.force and marker.is_file() and _can_continue(d)
+        resume = (can_continue is not None and not self.force and marker.is_file() and can_continue(d)
                   and _read_record(marker).get("fingerprint") == fp)
         if not resume and d.exists():
             shutil.rmtree(d)
@@ -390,7 +394,7 @@ class Runner:
         result = work(d, resume)
         seconds = time.perf_counter() - t0
         d.mkdir(parents=True, exist_ok=True)
-        if resumable and (d / "model").is_dir():
+        if can_continue is not None and (d / "model").is_dir():
             shutil.rmtree(d / "last", ignore_errors=True)
         ck.write_json(record_file, {"stage": name, "status": "done", "fingerprint": fp, "finished": _now(),
                                     "seconds": round(seconds, 2), "inputs": inputs, "result": result})
@@ -498,7 +502,7 @@ def stage_pretrain(runner: Runner, cfg: PipelineConfig, shards: StageResult) -> 
                           source=cfg.source)
         return {"steps": result["step"], "validation": result["validation"]}
 
-    return runner.stage("pretrain", inputs, work, resumable=True)
+    return runner.stage("pretrain", inputs, work, can_continue=has_last_checkpoint)
 
 
 def _model_config_for_record(cfg: PipelineConfig):
@@ -528,20 +532,17 @@ def architecture_fp(checkpoint: Path) -> dict:
     return {"model": conf.get("model"), "tokenizer": file_hash(checkpoint / ck.TOKENIZER)}
 
 
-def _can_continue(d: Path) -> bool:
-    """Whether an interrupted stage left something to continue from: a training run's last/ checkpoint, a
-    self-training run (its finished rounds are reused and an unfinished one continues from its own last/), or a
-    search's study (its finished trials are kept)."""
-    return ((d / "last").is_dir() or ((d / "run.json").is_file() and (d / "round-0").is_dir())
-            or (d / "study.db").is_file())
+def has_last_checkpoint(d: Path) -> bool:
+    """A training run interrupted in `d` can continue: it left its last/ checkpoint."""
+    return (d / "last").is_dir()
 
 
 def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: Path, upstream: dict,
                    from_scratch: bool, label_fraction: float | None = None, label_seed: int | None = None):
     """One fine-tuning run (the pretrained model, or the baseline when from_scratch) in `name`/. The pretrained model
     is self-trained / consistency-trained when [finetune] asks for it; the baseline is always the plain fine-tune."""
+    from pretune import selftrain
     from pretune.finetune import finetune
-    from pretune.selftrain import self_train
 
     sec = dataclasses.replace(cfg.finetune, checkpoint=str(checkpoint), from_scratch=from_scratch)
     if from_scratch:
@@ -558,12 +559,13 @@ def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: P
     def work(d: Path, resume: bool) -> dict:
         sections = {"finetune": dataclasses.replace(sec, out=str(d)),
                     "train": dataclasses.replace(cfg.finetune_trainer)}
-        run = self_train if sec.self_training_rounds else finetune
+        run = selftrain.self_train if sec.self_training_rounds else finetune
         r = run(sections, resume=resume, overwrite=not resume, source=cfg.source)
         return {k: r.get(k) for k in ("metric", "best", "validation", "steps", "n_train", "stopped_early",
                                       "self_training")}
 
-    return runner.stage(name, inputs, work, resumable=True)
+    return runner.stage(name, inputs, work,
+                        can_continue=selftrain.can_continue if sec.self_training_rounds else has_last_checkpoint)
 
 
 def stage_evaluate(runner: Runner, cfg: PipelineConfig, models: dict[str, StageResult]) -> StageResult:

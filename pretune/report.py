@@ -558,12 +558,10 @@ def render_report(data: ReportData) -> str:
 
 def write_report(directory: str | Path, data: ReportData) -> Path:
     """Write report.html into `directory` (atomically) and return its path."""
-    import os
+    from pretune.checkpoint import write_text
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(render_report(data), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, render_report(data))
     return path

@@ -188,9 +188,7 @@ def write_pseudo_labels(path: Path, task: str, fields: dict, pseudo: list[tuple[
         else:
             row = {text_key: ex.text, **({b_key: ex.text_b} if task == "pair" else {}), label_key: ex.label}
         rows.append({**row, "confidence": round(p, 6)})
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
+    ck.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def predict_pool(model_dir: Path, pool: list[Example], batch_size: int, device: str) -> tuple[list[str], list]:
@@ -232,6 +230,12 @@ def _prepare(out: Path, run_record: dict, resume: bool, overwrite: bool) -> list
         raise InputError("--resume: this directory holds a run with a different config; use the same config or "
                          "another --out", path=out)
     return ck.read_json(out / RECORD)["rounds"] if (out / RECORD).is_file() else []
+
+
+def can_continue(out: Path) -> bool:
+    """A self-training run interrupted in `out` can continue (`self_train(resume=True)`): finished rounds are
+    reused and an unfinished one continues from its own last/ checkpoint."""
+    return (out / "run.json").is_file() and (out / "round-0").is_dir()
 
 
 def _install_result(out: Path, round_dir: Path) -> None:

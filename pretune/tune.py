@@ -135,9 +135,7 @@ def write_best_config(cfg, search_dir: Path) -> Path:
               f"{search['metric']} {best['value']:.4f}); its values are in [finetune] and [finetune.trainer].\n"
               f"# Run it with: pretune run {path}\n# The search is in {search_dir / 'trials.json'}; "
               "[tune] trials = 0, so running this config does not search again.\n")
-    tmp = path.with_name(".best.toml.tmp")
-    tmp.write_text(header + tuned.to_toml(), encoding="utf-8")
-    tmp.replace(path)
+    ck.write_text(path, header + tuned.to_toml())
     return path
 
 
@@ -257,8 +255,9 @@ def search(cfg, base: Path, directory: Path, log=print, resume: bool = False) ->
         study = optuna.create_study(storage=storage, study_name="pretune", load_if_exists=True, direction=direction,
                                     sampler=optuna.samplers.TPESampler(seed=tune.seed), pruner=pruner)
         done = _finished(study)
+        finished = {t.number for t in done}
         for t in study.trials:  # what an interrupted trial left behind
-            if t not in done:
+            if t.number not in finished:
                 shutil.rmtree(directory / f"trial_{t.number:03d}", ignore_errors=True)
         if done:
             log(f"[tune] continuing the search: {len(done)} of {tune.trials} trials done")
@@ -327,7 +326,7 @@ def stage_tune(runner, cfg, base: Path, base_fp: dict):
     inputs = {"init": base_fp, "data": _labeled_inputs(cfg.finetune), **_finetune_fp(sec, cfg.finetune_trainer),
               "tune": asdict(cfg.tune)}
     return runner.stage("tune", inputs, lambda d, resume: search(cfg, base, d, log=runner.log, resume=resume),
-                        resumable=True)
+                        can_continue=lambda d: (d / STUDY_DB).is_file())
 
 
 def tuned_config(runner, cfg, base: Path, base_fp: dict):
