@@ -16,8 +16,8 @@ Measures (see benchmarks/README.md):
   finetune             sequence-classification fine-tuning examples/s on supersense_train.csv, dynamic padding.
                        pretune: TaskModel + length-grouped batches as `pretune finetune` builds them, same step.
                        transformers: BertForSequenceClassification + DataCollatorWithPadding, shuffled batches.
-  infer_classify       tokens/s of pretune.inference.predict vs tokenizer + BertForSequenceClassification.
-  infer_embed          tokens/s of pretune.inference.embed (mean pooling) vs tokenizer + BertModel + mean pooling.
+  infer_classify       tokens/s of pretune.use.inference.predict vs tokenizer + BertForSequenceClassification.
+  infer_embed          tokens/s of pretune.use.inference.embed (mean pooling) vs tokenizer + BertModel + mean pooling.
   *_peak_rss_mb        peak resident memory of each tool's process for that measure (lower is better).
   mlm_*_flops          achieved matmul FLOP/s of each tool's MLM step, as a fraction of this machine's peak, which
                        the benchmark measures with a large fp32 (and bf16) matmul.
@@ -94,8 +94,8 @@ def prepare(cache: Path, vocab_size: int, seq_len: int, corpus_lines: int) -> di
     import numpy as np
     from tokenizers import Tokenizer, processors
 
-    from pretune.data.corpus import PackedSequences, TokenShards, prepare_corpus
-    from pretune.tokenizer import PretuneTokenizer, train_tokenizer
+    from pretune.text.corpus import PackedSequences, TokenShards, prepare_corpus
+    from pretune.text.tokenizer import PretuneTokenizer, train_tokenizer
 
     cache = cache / f"vocab{vocab_size}-lines{corpus_lines or 'all'}"  # what the files below depend on
     cache.mkdir(parents=True, exist_ok=True)
@@ -241,7 +241,7 @@ def bf16_auto(args) -> bool:
     """Whether pretune's precision setting resolves to bf16 here (asked in a child so the parent stays light)."""
     if args.precision == "bf16":
         return True
-    code = ("import torch; from pretune.train import use_bf16; "
+    code = ("import torch; from pretune.training.trainer import use_bf16; "
             f"print(use_bf16({args.precision!r}, torch.device({args.device!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO))
     return out.stdout.strip().endswith("True")
@@ -385,7 +385,7 @@ def hf_tokenizer(spec: dict):
 
 def pretune_trainer(model, spec: dict, batches, loss_fn, groups=None, lr: float = 5e-4):
     """pretune's own Trainer (no files written: the benchmark only calls its optimizer step)."""
-    from pretune.train import TrainConfig, Trainer, label_count
+    from pretune.training.trainer import TrainConfig, Trainer, label_count
 
     steps = spec["warmup"] + spec["steps"]
     cfg = TrainConfig(max_steps=steps, batch_size=spec["batch"], lr=lr, precision=spec["precision"],
@@ -399,7 +399,7 @@ def hf_optimizer(model, lr: float, steps: int):
     """torch AdamW (defaults otherwise) with the Trainer's groups and settings, plus its linear schedule."""
     import torch
 
-    from pretune.train import TrainConfig, lr_lambda, param_groups
+    from pretune.training.trainer import TrainConfig, lr_lambda, param_groups
 
     cfg = TrainConfig(max_steps=steps, lr=lr, warmup_steps=1)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, lr), lr=lr,
@@ -423,11 +423,11 @@ def hf_step(model, opt, sched, batch: dict, autocast: bool, device) -> float:
 
 def mlm_pt(spec: dict) -> dict:
 
-    from pretune.data.corpus import PackedSequences, TokenShards
     from pretune.model.transformer import model_flops_per_token
-    from pretune.objectives import MaskedLM, PretrainModel, Specials
-    from pretune.tokenizer import PretuneTokenizer
-    from pretune.train import BatchSource, seed_everything
+    from pretune.pretrain.objectives import MaskedLM, PretrainModel, Specials
+    from pretune.text.corpus import PackedSequences, TokenShards
+    from pretune.text.tokenizer import PretuneTokenizer
+    from pretune.training.trainer import BatchSource, seed_everything
 
     seed_everything(0)
     tok = PretuneTokenizer.load(spec["tokenizer"])
@@ -495,10 +495,10 @@ def _classify_file(spec: dict) -> Path:
 def finetune_pt(spec: dict) -> dict:
     import numpy as np
 
-    from pretune.data.labeled import LabelMap, length_grouped_batches, read_examples
-    from pretune.finetune import FinetuneSection, TaskModel, build_param_groups, encode_split, task_collate
-    from pretune.tokenizer import PretuneTokenizer
-    from pretune.train import BatchSource, seed_everything
+    from pretune.finetune.stage import FinetuneSection, TaskModel, build_param_groups, encode_split, task_collate
+    from pretune.text.labeled import LabelMap, length_grouped_batches, read_examples
+    from pretune.text.tokenizer import PretuneTokenizer
+    from pretune.training.trainer import BatchSource, seed_everything
 
     seed_everything(0)
     tok = PretuneTokenizer.load(spec["tokenizer"])
@@ -513,7 +513,7 @@ def finetune_pt(spec: dict) -> dict:
     lengths = [len(f["input_ids"]) for f in data.features]
     B, pad = spec["batch"], tok.specials.pad
 
-    def plan(epoch: int) -> list[list[int]]:  # as pretune.finetune builds it
+    def plan(epoch: int) -> list[list[int]]:  # as pretune.finetune.stage builds it
         seed = int(np.random.SeedSequence([0, epoch]).generate_state(1)[0])
         return length_grouped_batches(lengths, B, shuffle=True, seed=seed)
 
@@ -584,10 +584,10 @@ def _infer_texts(spec: dict) -> list[str]:
 def infer_pt(spec: dict, embed: bool) -> dict:
     import torch
 
-    from pretune.finetune import TaskModel
-    from pretune.inference import embed as embed_texts
-    from pretune.inference import predict
-    from pretune.tokenizer import PretuneTokenizer
+    from pretune.finetune.stage import TaskModel
+    from pretune.text.tokenizer import PretuneTokenizer
+    from pretune.use.inference import embed as embed_texts
+    from pretune.use.inference import predict
 
     torch.manual_seed(0)
     tok = PretuneTokenizer.load(spec["tokenizer"])

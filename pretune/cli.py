@@ -22,8 +22,8 @@ def _corpus_args(p: argparse.ArgumentParser) -> None:
 
 # ---- tokenizer ----------------------------------------------------------------------------------------------------
 def cmd_tokenizer_train(args) -> None:
-    from pretune.data.corpus import Corpus
-    from pretune.tokenizer import train_tokenizer
+    from pretune.text.corpus import Corpus
+    from pretune.text.tokenizer import train_tokenizer
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -37,7 +37,7 @@ def cmd_tokenizer_train(args) -> None:
 
 
 def cmd_tokenizer_show(args) -> None:
-    from pretune.tokenizer import PretuneTokenizer
+    from pretune.text.tokenizer import PretuneTokenizer
 
     tok = PretuneTokenizer.load(args.tokenizer)
     for text in args.text:
@@ -47,9 +47,9 @@ def cmd_tokenizer_show(args) -> None:
 
 # ---- prepare --------------------------------------------------------------------------------------------------------
 def cmd_prepare(args) -> None:
-    from pretune.checkpoint import TOKENIZER
-    from pretune.data.corpus import prepare_corpus
-    from pretune.tokenizer import PretuneTokenizer
+    from pretune.text.corpus import prepare_corpus
+    from pretune.text.tokenizer import PretuneTokenizer
+    from pretune.training.checkpoint import TOKENIZER
 
     tok = PretuneTokenizer.load(args.tokenizer)
     stats = prepare_corpus(args.files, tok, args.out, fmt=args.fmt, field=args.field, doc_split=args.doc_split,
@@ -62,10 +62,10 @@ def cmd_prepare(args) -> None:
 
 # ---- pretrain -------------------------------------------------------------------------------------------------------
 def cmd_pretrain(args) -> None:
-    from pretune import distributed as dist
     from pretune.config import coerce_fields, load_sections, load_toml, merge
     from pretune.model.transformer import ModelConfig
-    from pretune.pretrain import SECTIONS, pretrain
+    from pretune.pretrain.stage import SECTIONS, pretrain
+    from pretune.training import distributed as dist
 
     sections = load_sections(args.config, args, SECTIONS)
     # [model] keys are overrides of the preset: keep only those the user gave
@@ -81,7 +81,7 @@ def cmd_pretrain(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from pretune import __version__
     from pretune.config import add_flags
-    from pretune.pretrain import SECTIONS
+    from pretune.pretrain.stage import SECTIONS
 
     parser = argparse.ArgumentParser(prog="pretune", description="Pretrain a transformer on unlabeled text, "
                                      "then fine-tune it on a few labels.")
@@ -131,8 +131,8 @@ def _extensions():
     import importlib
 
     found = []
-    for module in ("pretune.finetune", "pretune.inference", "pretune.pipeline", "pretune.tune", "pretune.model.hf",
-                   "pretune.generate", "pretune.vocab"):
+    for module in ("pretune.finetune.stage", "pretune.use.inference", "pretune.run.pipeline", "pretune.run.tune",
+                   "pretune.interop.hf", "pretune.use.generate", "pretune.pretrain.vocab"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -145,7 +145,7 @@ def _extensions():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretune.train import TrainingError
+    from pretune.training.trainer import TrainingError
 
     parser = build_parser()
     args = parser.parse_args(argv)

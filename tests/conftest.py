@@ -36,8 +36,8 @@ def wordnet_corpus(root: Path, lines: int) -> tuple[Path, list[str]]:
 def wordnet_shards(root: Path, lines: int, vocab_size: int):
     """root/corpus.txt (the first `lines` WordNet lines), a lowercase WordPiece tokenizer trained on them and
     root/shards (10% validation, tokenizer.json inside). Returns (tokenizer, lines, corpus path)."""
-    from pretune.data.corpus import prepare_corpus
-    from pretune.tokenizer import train_tokenizer
+    from pretune.text.corpus import prepare_corpus
+    from pretune.text.tokenizer import train_tokenizer
 
     corpus, head = wordnet_corpus(root, lines)
     tok = train_tokenizer(head, vocab_size=vocab_size, lowercase=True)
@@ -95,9 +95,9 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
     import torch
 
-    from pretune.checkpoint import save_checkpoint
     from pretune.model.transformer import PRESETS, ModelConfig, Transformer
-    from pretune.tokenizer import train_tokenizer
+    from pretune.text.tokenizer import train_tokenizer
+    from pretune.training.checkpoint import save_checkpoint
 
     with open(WORDNET / "supersense_train.csv", encoding="utf-8") as f:
         texts = [row["text"] for row in csv.DictReader(f)]

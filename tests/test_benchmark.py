@@ -134,7 +134,7 @@ def test_attention_with_dropout_is_sdpa_without_dropout():
 def test_training_speed_settings():
     import torch
 
-    from pretune.train import TrainConfig, adamw, cpu_has_bf16, use_bf16
+    from pretune.training.trainer import TrainConfig, adamw, cpu_has_bf16, use_bf16
 
     w = torch.nn.Parameter(torch.zeros(3))
     assert adamw([{"params": [w]}], TrainConfig(), torch.device("cpu")).defaults["fused"] is True
@@ -147,7 +147,7 @@ def test_blocked_cross_entropy_matches_torch():
     import torch
     import torch.nn.functional as F
 
-    from pretune.objectives import SumCrossEntropy
+    from pretune.pretrain.objectives import SumCrossEntropy
 
     torch.manual_seed(0)
     targets = torch.randint(50, (13,))

@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import wordnet_shards
 
-from pretune.checkpoint import load_checkpoint
 from pretune.cli import main
 from pretune.errors import InputError
 from pretune.model.transformer import ModelConfig
-from pretune.objectives import PretrainModel, Specials, build_objective
-from pretune.tokenizer import PretuneTokenizer
-from pretune.vocab import extend_vocabulary, read_word_list
+from pretune.pretrain.objectives import PretrainModel, Specials, build_objective
+from pretune.pretrain.vocab import extend_vocabulary, read_word_list
+from pretune.text.tokenizer import PretuneTokenizer
+from pretune.training.checkpoint import load_checkpoint
 
 COMMON = ["--model-size", "tiny", "--max-len", "64", "--batch-size", "16", "--no-progress", "--eval-batches", "8"]
 

@@ -1,4 +1,4 @@
-"""Tests for pretune.data.corpus: reading raw corpora, token shards, packed sequences."""
+"""Tests for pretune.text.corpus: reading raw corpora, token shards, packed sequences."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pretune.data.corpus import (
+from pretune.errors import InputError
+from pretune.text.corpus import (
     FORMATS,
     PackedSequences,
     TokenShards,
@@ -20,7 +21,6 @@ from pretune.data.corpus import (
     iter_documents,
     prepare_corpus,
 )
-from pretune.errors import InputError
 
 # ----------------------------------------------------------------------------------------------- helpers
 
@@ -74,7 +74,7 @@ def _train_stand_in(texts: list[str]):
 def tokenizer():
     texts = make_docs(300, seed=1)
     try:
-        from pretune.tokenizer import train_tokenizer
+        from pretune.text.tokenizer import train_tokenizer
     except ImportError:
         return _train_stand_in(texts)
     return train_tokenizer(texts, kind="wordpiece", vocab_size=150)

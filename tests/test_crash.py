@@ -23,8 +23,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pretune import checkpoint as ck
 from pretune.cli import main
+from pretune.training import checkpoint as ck
 
 STEPS = 8
 ARGS = ["--model-size", "tiny", "--max-len", "32", "--batch-size", "8", "--lr", "2e-3", "--max-steps", str(STEPS),
@@ -182,7 +182,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shards, reference, tmp_pat
 # ---- NaN / inf ----------------------------------------------------------------------------------------------------
 def _poison_loss(monkeypatch, at_calls: set[int], value: float = float("nan")) -> None:
     """Make the objective's loss non-finite on the given (1-based) training calls."""
-    from pretune.objectives import MaskedLM
+    from pretune.pretrain.objectives import MaskedLM
 
     original, calls = MaskedLM.loss, {"n": 0}
 
@@ -221,7 +221,7 @@ def test_inf_loss_with_on_nan_skip_skips_the_batch_and_counts_it(shards, tmp_pat
 
 def test_skipped_step_leaves_the_weights_alone():
     """Loop level: the poisoned step changes no parameter, the others do; the schedule still advances."""
-    from pretune.train import BatchSource, TrainConfig, Trainer
+    from pretune.training.trainer import BatchSource, TrainConfig, Trainer
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)

@@ -157,7 +157,7 @@ def test_torchrun_one_process_checkpoint_resumes_on_two_fsdp_ranks(shards, singl
 def test_resume_with_another_global_batch_continues_after_the_items_seen(shards, tmp_path):
     """A world-size change with the same per-rank batch changes the global batch: the epoch goes on from the
     items already consumed (no item repeated or skipped), cut into the new batch size."""
-    from pretune.train import BatchSource
+    from pretune.training.trainer import BatchSource
 
     data = list(range(100))
     collate = lambda items, gen: {"input_ids": torch.tensor(items)[:, None]}  # noqa: E731
@@ -175,8 +175,8 @@ def test_resume_with_another_global_batch_continues_after_the_items_seen(shards,
 
 def test_local_rows_partition_the_global_batch(monkeypatch):
     """Rank r keeps rows r, r + world, ...: together the ranks hold the global batch exactly once."""
-    from pretune import distributed as dist
-    from pretune.train import BatchSource
+    from pretune.training import distributed as dist
+    from pretune.training.trainer import BatchSource
 
     batch = {"input_ids": torch.arange(10).view(5, 2), "labels": torch.arange(5), "note": "kept"}
     parts = []
@@ -197,9 +197,9 @@ def no_dropout_ckpt(tmp_path_factory) -> Path:
 
     from conftest import WORDNET
 
-    from pretune.checkpoint import save_checkpoint
     from pretune.model.transformer import PRESETS, ModelConfig, Transformer
-    from pretune.tokenizer import train_tokenizer
+    from pretune.text.tokenizer import train_tokenizer
+    from pretune.training.checkpoint import save_checkpoint
 
     with open(WORDNET / "supersense_train.csv", encoding="utf-8") as f:
         texts = [row["text"] for row in csv.DictReader(f)]

@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pretune import finetune as ft
 from pretune.cli import build_parser, main
-from pretune.data.labeled import Example, LabelMap, encode_examples
 from pretune.errors import InputError
+from pretune.finetune import stage as ft
 from pretune.model.transformer import PRESETS, ModelConfig
-from pretune.tokenizer import PretuneTokenizer
+from pretune.text.labeled import Example, LabelMap, encode_examples
+from pretune.text.tokenizer import PretuneTokenizer
 
 WORDNET = Path(__file__).resolve().parent.parent / "pretune" / "resources" / "wordnet"
 
@@ -221,7 +221,7 @@ def test_early_stopping_stops_and_keeps_the_best(tiny_ckpt, tmp_path, monkeypatc
 
 
 def test_finetune_loads_the_pretrained_body(tiny_ckpt, tmp_path):
-    from pretune.checkpoint import load_checkpoint
+    from pretune.training.checkpoint import load_checkpoint
 
     train, val = _classify_files(tmp_path)
     sec = ft.FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train), validation=str(val),

@@ -8,9 +8,9 @@ from conftest import wordnet_shards
 
 from pretune.cli import main
 from pretune.errors import InputError
-from pretune.generate import filter_logits, generate, generate_ids, load_causal_model
 from pretune.model.transformer import PRESETS, ModelConfig
-from pretune.objectives import PretrainModel, Specials, build_objective
+from pretune.pretrain.objectives import PretrainModel, Specials, build_objective
+from pretune.use.generate import filter_logits, generate, generate_ids, load_causal_model
 
 
 def causal_model(vocab: int = 60, seed: int = 0, **overrides) -> PretrainModel:

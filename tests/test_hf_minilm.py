@@ -20,10 +20,10 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from pretune import checkpoint as ck  # noqa: E402
 from pretune.cli import main  # noqa: E402
 from pretune.model.transformer import ModelConfig, Transformer  # noqa: E402
-from pretune.tokenizer import PretuneTokenizer  # noqa: E402
+from pretune.text.tokenizer import PretuneTokenizer  # noqa: E402
+from pretune.training import checkpoint as ck  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -140,7 +140,7 @@ def test_minilm_continue_pretraining_then_finetune_beats_scratch(minilm, tmp_pat
     assert pretrained > scratch + 0.15, summary
 
     # 3. hand the fine-tuned model back to transformers
-    from pretune.finetune import load_task_model
+    from pretune.finetune.stage import load_task_model
 
     assert main(["export", str(tmp_path / "ft"), "--out", str(tmp_path / "hf")]) == 0
     model, _, _ = load_task_model(tmp_path / "ft")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pretune import finetune as ft
-from pretune import inference as inf
 from pretune.cli import main
 from pretune.errors import InputError
+from pretune.finetune import stage as ft
+from pretune.use import inference as inf
 
 TEXTS = ["a fish that swims in the sea", "a tool", "a person who teaches children to read and write well",
          "a large tree with hard wood", "the sea"]

@@ -1,4 +1,4 @@
-"""Tests for pretune.data.labeled: readers, label maps, subword alignment, windows, collate, batching."""
+"""Tests for pretune.text.labeled: readers, label maps, subword alignment, windows, collate, batching."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretune.data.labeled import (
+from pretune.errors import InputError
+from pretune.text.labeled import (
     TASKS,
     EncodeStats,
     Example,
@@ -22,8 +23,7 @@ from pretune.data.labeled import (
     length_grouped_batches,
     read_examples,
 )
-from pretune.errors import InputError
-from pretune.tokenizer import PretuneTokenizer
+from pretune.text.tokenizer import PretuneTokenizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Words split on purpose: Mt. -> Mt + .   Sanitas -> San ##itas   Sunshine -> Sun ##shine

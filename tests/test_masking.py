@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from pretune.objectives import IGNORE, MaskedLM, Specials
+from pretune.pretrain.objectives import IGNORE, MaskedLM, Specials
 
 SPECIALS = Specials(vocab_size=1000, pad=0, cls=2, sep=3, mask=4, special_ids=[0, 1, 2, 3, 4])
 

@@ -7,7 +7,7 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.metrics.sequence_labeling import get_entities
 
 from pretune.errors import InputError
-from pretune.metrics import classification_report, entity_report, entity_spans, format_report, span_report
+from pretune.evaluate.metrics import classification_report, entity_report, entity_spans, format_report, span_report
 
 approx = pytest.approx
 

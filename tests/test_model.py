@@ -6,7 +6,7 @@ import torch
 from pretune.errors import InputError
 from pretune.model.heads import MLMHead
 from pretune.model.transformer import PRESETS, ModelConfig, Transformer
-from pretune.objectives import MaskedLM, PretrainModel, Specials
+from pretune.pretrain.objectives import MaskedLM, PretrainModel, Specials
 
 
 def tiny(**kw) -> ModelConfig:

@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from pretune.cli import main
-from pretune.data.corpus import PackedSequences, TokenShards, prepare_corpus
 from pretune.errors import InputError
 from pretune.model.heads import SBOHead
 from pretune.model.transformer import PRESETS, ModelConfig
-from pretune.objectives import (
+from pretune.pretrain.objectives import (
     IGNORE,
     OBJECTIVES,
     MLMWithNSP,
@@ -31,8 +30,9 @@ from pretune.objectives import (
     special_mask,
     word_index,
 )
-from pretune.pretrain import PretrainSection
-from pretune.tokenizer import PretuneTokenizer, train_tokenizer
+from pretune.pretrain.stage import PretrainSection
+from pretune.text.corpus import PackedSequences, TokenShards, prepare_corpus
+from pretune.text.tokenizer import PretuneTokenizer, train_tokenizer
 
 
 def wordnet_lines(n: int) -> list[str]:

@@ -11,8 +11,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from pretune.metrics import classification_report, entity_report
-from pretune.report import (
+from pretune.evaluate.metrics import classification_report, entity_report
+from pretune.evaluate.report import (
     ReportData,
     format_summary,
     gains,

@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pretune import finetune as ft
-from pretune import selftrain as st
 from pretune.cli import main
-from pretune.consistency import Consistency, consistency_loss, mask_tokens
-from pretune.data.labeled import Example
 from pretune.errors import InputError
+from pretune.finetune import stage as ft
+from pretune.semisup import selftrain as st
+from pretune.semisup.consistency import Consistency, consistency_loss, mask_tokens
+from pretune.text.labeled import Example
 
 WORDNET = Path(__file__).resolve().parent.parent / "pretune" / "resources" / "wordnet"
 CLASSES = ("noun.animal", "noun.artifact", "noun.person", "noun.plant")
@@ -204,7 +204,7 @@ def _tiny_task_model(task: str, labels) -> ft.TaskModel:
 
 @pytest.mark.parametrize("task", ["classify", "tag"])
 def test_consistency_term_carries_gradient_into_the_model(task, tiny_ckpt):
-    from pretune.checkpoint import load_checkpoint
+    from pretune.training.checkpoint import load_checkpoint
 
     tok = load_checkpoint(tiny_ckpt).tokenizer()
     texts = ["a small fish of warm seas", "a tool for cutting wood", "a person who writes books"] * 3
@@ -481,7 +481,7 @@ def test_pipeline_reports_the_rounds(tiny_ckpt, tmp_path, capsys):
 def test_pipeline_continues_an_interrupted_self_training_stage(tiny_ckpt, tmp_path, capsys, monkeypatch):
     """Ctrl-C in round 1 of the pretrained fine-tune: the re-run keeps round 0 (not trained again) and continues
     round 1 from its checkpoint."""
-    from pretune.train import Trainer
+    from pretune.training.trainer import Trainer
 
     four_class_task(tmp_path, 40, 20, 20, 60)
     config = tmp_path / "st.toml"

@@ -1,4 +1,4 @@
-"""Tests for pretune.tokenizer: training every kind, offsets, word ids, save/load, vocab.txt, errors."""
+"""Tests for pretune.text.tokenizer: training every kind, offsets, word ids, save/load, vocab.txt, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from pretune.errors import InputError
-from pretune.tokenizer import KINDS, SPECIAL_TOKENS, PretuneTokenizer, train_tokenizer
+from pretune.text.tokenizer import KINDS, SPECIAL_TOKENS, PretuneTokenizer, train_tokenizer
 
 STEMS = "play walk talk jump read work help call look turn open start learn paint clean".split()
 SUFFIXES = ["", "s", "ed", "ing", "er", "ers"]
@@ -451,7 +451,7 @@ def test_training_gives_the_same_vocabulary_in_every_process(kind, tmp_path):
 
     script = (
         "import gzip, itertools, sys\n"
-        "from pretune.tokenizer import train_tokenizer\n"
+        "from pretune.text.tokenizer import train_tokenizer\n"
         f"lines = list(itertools.islice(gzip.open({str(WORDNET / 'corpus.txt.gz')!r}, 'rt'), 3000))\n"
         f"train_tokenizer(lines, kind={kind!r}, vocab_size=1200, lowercase=True).save(sys.argv[1])\n"
     )

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pretune.cli import main
-from pretune.train import TrainConfig, lr_lambda
+from pretune.training.trainer import TrainConfig, lr_lambda
 
 
 def test_schedules_warm_up_then_decay():

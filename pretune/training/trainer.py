@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pretune import distributed as dist
-from pretune.checkpoint import load_checkpoint, load_into, recover_dir, write_dir_atomic
 from pretune.errors import InputError
+from pretune.training import distributed as dist
+from pretune.training.checkpoint import load_checkpoint, load_into, recover_dir, write_dir_atomic
 
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")

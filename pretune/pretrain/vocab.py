@@ -115,14 +115,14 @@ def extend_vocabulary(model: nn.Module, tok, words: list[str]) -> ModelConfig:
 
 # ---- CLI ------------------------------------------------------------------------------------------------------------
 def cmd_vocab_extend(args) -> None:
-    from pretune.tokenizer import PretuneTokenizer
+    from pretune.text.tokenizer import PretuneTokenizer
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InputError("already exists; pass --overwrite to replace it", path=out)
     source = Path(args.tokenizer)
     if source.is_dir() and not any((source / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
-        from pretune.checkpoint import resolve
+        from pretune.training.checkpoint import resolve
 
         source = resolve(source)  # a run directory: its model/ (or best/, last/)
     tok = PretuneTokenizer.load(source)

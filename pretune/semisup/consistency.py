@@ -64,7 +64,7 @@ class Consistency:
 
     def batch(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """`batch_size` pool items (distinct, drawn with `generator`), collated, with their noised input ids."""
-        from pretune.finetune import task_collate
+        from pretune.finetune.stage import task_collate
 
         picked = torch.randperm(len(self.features), generator=generator)[: self.batch_size].tolist()
         rows = task_collate([self.features[i] for i in picked], self.pad_id)
@@ -114,7 +114,7 @@ def _item_logits(model: nn.Module, inputs: dict) -> torch.Tensor:
     logits = model(**inputs)["logits"]
     if logits.ndim == 2:
         return logits
-    from pretune.finetune import _gather_words
+    from pretune.finetune.stage import _gather_words
 
     words = _gather_words(logits, inputs["word_index"])  # [B, W, K]
     return words[inputs["word_mask"]]
@@ -123,8 +123,8 @@ def _item_logits(model: nn.Module, inputs: dict) -> torch.Tensor:
 def from_section(sec, tok, exclude: list, batch_size: int, seed: int) -> tuple[Consistency, dict]:
     """The consistency term a FinetuneSection asks for (uda_* keys), on its pool without the `exclude` texts;
     returns it with the pool info of `selftrain.read_pool`."""
-    from pretune.finetune import encode_split
-    from pretune.selftrain import read_pool
+    from pretune.finetune.stage import encode_split
+    from pretune.semisup.selftrain import read_pool
 
     pool, info = read_pool(sec.unlabeled, sec.task, sec.fields(), exclude, sec.pool_size, seed)
     data = encode_split(None, pool, sec.task, tok, None, sec.max_len, sec.head_options())

@@ -1,8 +1,8 @@
 """Stage 2: fine-tune a pretrained body with a new task head (classify, pair, tag, span), evaluate it.
 
 Read top to bottom: configs -> the task model -> freezing and learning rates -> data -> running a model over
-features (shared by validation, `evaluate` and `pretune.inference.predict`) -> checkpoints -> `finetune` -> CLI.
-The training loop is `pretune.train.Trainer`, the same one pretraining uses.
+features (shared by validation, `evaluate` and `pretune.use.inference.predict`) -> checkpoints -> `finetune` -> CLI.
+The training loop is `pretune.training.trainer.Trainer`, the same one pretraining uses.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretune import checkpoint as ck
-from pretune import distributed as dist
-from pretune.data.labeled import (
+from pretune.errors import InputError
+from pretune.evaluate.metrics import classification_report, entity_report, format_report, span_report
+from pretune.model.heads import ClassificationHead, SpanHead, TokenClassificationHead
+from pretune.model.transformer import ModelConfig, Transformer, describe, init_weights
+from pretune.text.labeled import (
     IGNORE,
     TASKS,
     EncodeStats,
@@ -34,11 +36,17 @@ from pretune.data.labeled import (
     length_grouped_batches,
     read_examples,
 )
-from pretune.errors import InputError
-from pretune.metrics import classification_report, entity_report, format_report, span_report
-from pretune.model.heads import ClassificationHead, SpanHead, TokenClassificationHead
-from pretune.model.transformer import ModelConfig, Transformer, describe, init_weights
-from pretune.train import BatchSource, EarlyStopping, TrainConfig, Trainer, label_count, row_count, seed_everything
+from pretune.training import checkpoint as ck
+from pretune.training import distributed as dist
+from pretune.training.trainer import (
+    BatchSource,
+    EarlyStopping,
+    TrainConfig,
+    Trainer,
+    label_count,
+    row_count,
+    seed_everything,
+)
 
 METRICS = {
     "classify": ("accuracy", "macro_f1", "micro_f1", "loss"),
@@ -76,7 +84,7 @@ class FinetuneSection:
     label_fraction: float = field(default=1.0, metadata={"help": "train on this random fraction of the labels"})
     label_seed: int = 0
     from_scratch: bool = field(default=False, metadata={"help": "random init of the same architecture (baseline)"})
-    # semi-supervised: an unlabeled pool for self-training (pretune.selftrain) and consistency training (UDA)
+    # semi-supervised: an unlabeled pool for self-training (pretune.semisup.selftrain) and consistency training (UDA)
     unlabeled: list[str] = field(default_factory=list, metadata={
         "help": "unlabeled pool (comma-separated files): .txt/.txt.gz lines, or CSV/JSONL with the text field(s)"})
     pool_size: int = field(default=20000, metadata={"help": "use at most this many pool items, sampled (0: all)"})
@@ -609,7 +617,7 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     Writes out/model (best checkpoint by validation), out/metrics.jsonl, out/test_report.json (with a test file).
     `on_evaluate(step, metrics)` is called after every validation (it may raise to stop the run).
     Returns {"out", "metric", "best", "validation", "test", "steps", "n_train", "stopped_early", "warnings"}."""
-    from pretune.pretrain import prepare_out_dir
+    from pretune.pretrain.stage import prepare_out_dir
 
     sec: FinetuneSection = sections["finetune"].validate(source)
     tcfg = sections["train"]
@@ -639,8 +647,8 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     test = encode_split(sec.test, test_ex, task, tok, labels, sec.max_len, head_options) if test_ex else None
     warnings = [w for d in (train, val, test) if d is not None for w in length_warnings(d, task, sec.max_len)]
     uda = pool_info = None
-    if sec.uda_weight > 0:  # consistency training on the unlabeled pool (pretune.consistency)
-        from pretune import consistency
+    if sec.uda_weight > 0:  # consistency training on the unlabeled pool (pretune.semisup.consistency)
+        from pretune.semisup import consistency
 
         uda, pool_info = consistency.from_section(sec, tok, train_ex + val_ex + (test_ex or []), tcfg.batch_size,
                                                   tcfg.seed)
@@ -759,7 +767,7 @@ def cmd_finetune(args) -> None:
     dist.setup()
     try:
         if sections["finetune"].self_training_rounds > 0:
-            from pretune.selftrain import self_train
+            from pretune.semisup.selftrain import self_train
 
             result = self_train(sections, resume=args.resume, overwrite=args.overwrite, source=args.config)
         else:
@@ -772,7 +780,7 @@ def cmd_finetune(args) -> None:
     best = result["best"]
     print(f"best validation {result['metric']}: {best:.4f}" if best is not None else "no validation result")
     if result.get("self_training"):
-        from pretune.selftrain import format_rounds
+        from pretune.semisup.selftrain import format_rounds
 
         print(format_rounds(result["self_training"]))
     if result["test"] is not None:

@@ -12,12 +12,12 @@ import torch
 from pretune.errors import InputError
 from pretune.model.heads import MLMHead
 from pretune.model.transformer import ModelConfig
-from pretune.objectives import PretrainModel
+from pretune.pretrain.objectives import PretrainModel
 
 
 def load_causal_model(path: str, device: str | torch.device = "cpu"):
     """(model, tokenizer) from a checkpoint of a causal model; InputError for a bidirectional one."""
-    from pretune import checkpoint as ck
+    from pretune.training import checkpoint as ck
 
     ckpt = ck.load_checkpoint(path)
     if not isinstance(ckpt.config.get("model"), dict):
@@ -148,7 +148,7 @@ def generate(
 
 # ---- CLI ------------------------------------------------------------------------------------------------------------
 def cmd_generate(args) -> None:
-    from pretune.train import resolve_device
+    from pretune.training.trainer import resolve_device
 
     check_options(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     model, tok = load_causal_model(args.from_, resolve_device(args.device))

@@ -24,10 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretune import checkpoint as ck
-from pretune.data.labeled import Example, length_grouped_batches, read_examples
 from pretune.errors import InputError
-from pretune.finetune import (
+from pretune.finetune.stage import (
     TaskModel,
     encode_split,
     length_warnings,
@@ -38,7 +36,9 @@ from pretune.finetune import (
     run_features,
 )
 from pretune.model.transformer import Transformer
-from pretune.train import resolve_device
+from pretune.text.labeled import Example, length_grouped_batches, read_examples
+from pretune.training import checkpoint as ck
+from pretune.training.trainer import resolve_device
 
 WORD_RE = re.compile(r"\w+(?:-\w+)*|'\w*|[^\w\s]")  # the tokenization of the bundled tagging data
 METHODS = ("integrated-gradients", "gradient-x-input")

@@ -158,7 +158,7 @@ class PretuneTokenizer:
         p = Path(path)
         hf_dir = p if p.is_dir() else p.parent
         if (p.is_dir() or p.name in ("tokenizer.json", "vocab.txt")) and _is_hf_folder(hf_dir):
-            from pretune.model.hf import load_hf_tokenizer  # built as transformers' AutoTokenizer builds it
+            from pretune.interop.hf import load_hf_tokenizer  # built as transformers' AutoTokenizer builds it
 
             return load_hf_tokenizer(hf_dir)
         if p.is_dir():
@@ -199,7 +199,7 @@ def _read_tokenizer_json(path: Path) -> Tokenizer:
 
 
 def _is_hf_folder(path: Path) -> bool:
-    from pretune.model.hf import is_hf_folder
+    from pretune.interop.hf import is_hf_folder
 
     return is_hf_folder(path)
 
@@ -295,7 +295,7 @@ def train_tokenizer(
     starts (whitespace runs count as one space). char: one token per non-whitespace character of the corpus
     (vocab_size, min_frequency and limit_alphabet ignored); decode joins the characters without spaces.
     min_frequency is ignored by unigram; limit_alphabet applies to wordpiece and bpe only.
-    wordpiece / bpe: when `texts` can be iterated twice (a list, a `pretune.data.corpus.Corpus`) a first pass
+    wordpiece / bpe: when `texts` can be iterated twice (a list, a `pretune.text.corpus.Corpus`) a first pass
     fixes the ids the trainer would otherwise give in hash order, and the vocabulary is the same in every run; a
     one-shot iterator is read once, with the library's small run-to-run differences.
     """

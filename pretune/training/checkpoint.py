@@ -193,7 +193,7 @@ class Checkpoint:
     loaded_tokenizer: object | None = None  # set when the checkpoint was converted in memory (Hugging Face folder)
 
     def tokenizer(self):
-        from pretune.tokenizer import PretuneTokenizer
+        from pretune.text.tokenizer import PretuneTokenizer
 
         if self.loaded_tokenizer is not None:
             return self.loaded_tokenizer
@@ -249,7 +249,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = resolve(path)
     config = read_json(path / CONFIG)
     if "model_type" in config and "model" not in config:  # a Hugging Face model folder: import it in memory
-        from pretune.model.hf import import_hf
+        from pretune.interop.hf import import_hf
 
         return import_hf(path)
     weights = path / WEIGHTS

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import torch
 
-from pretune import checkpoint as ck
-from pretune import distributed as dist
-from pretune.data.corpus import TokenShards
 from pretune.errors import InputError
 from pretune.model.transformer import PRESETS, ModelConfig, describe
-from pretune.objectives import OBJECTIVES, Objective, PretrainModel, Specials, build_objective
-from pretune.train import BatchSource, TrainConfig, Trainer, label_count, seed_everything
-from pretune.vocab import extend_vocabulary, read_word_list
+from pretune.pretrain.objectives import OBJECTIVES, Objective, PretrainModel, Specials, build_objective
+from pretune.pretrain.vocab import extend_vocabulary, read_word_list
+from pretune.text.corpus import TokenShards
+from pretune.training import checkpoint as ck
+from pretune.training import distributed as dist
+from pretune.training.trainer import BatchSource, TrainConfig, Trainer, label_count, seed_everything
 
 
 @dataclass
@@ -175,7 +175,7 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     val_shards = TokenShards(shards_dir, "validation")
     init = ck.load_checkpoint(sec.init_from) if sec.init_from else None
     tok_source = init.path if init is not None else shards_dir
-    from pretune.tokenizer import PretuneTokenizer
+    from pretune.text.tokenizer import PretuneTokenizer
 
     tok = PretuneTokenizer.load(tok_source / ck.TOKENIZER)
     objective_cls = OBJECTIVES[sec.objective]

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pretune import checkpoint as ck
-from pretune import distributed as dist
-from pretune.data.labeled import Example, read_examples
 from pretune.errors import InputError
+from pretune.text.labeled import Example, read_examples
+from pretune.training import checkpoint as ck
+from pretune.training import distributed as dist
 
 POOL_TASKS = ("classify", "pair", "tag")  # tasks that self-training and consistency training support
 TAG_CONFIDENCE = ("mean", "min")
@@ -124,8 +124,8 @@ def read_pool(paths: Sequence[str | Path], task: str, fields: dict, exclude: Seq
     text field(s) named in `fields` (as for the labeled files; a label column is ignored); CoNLL for tag. A pair pool
     needs both texts (text_a/text_b), so it cannot be a .txt file. Items identical to an `exclude` example (the
     labeled sets) or to an earlier pool item are dropped; then at most `size` (0: all) are sampled with `seed`."""
-    from pretune.data.corpus import iter_documents
-    from pretune.inference import split_words
+    from pretune.text.corpus import iter_documents
+    from pretune.use.inference import split_words
 
     if task not in POOL_TASKS:
         raise InputError(f"an unlabeled pool is used for the tasks {', '.join(POOL_TASKS)}, not {task!r}")
@@ -168,7 +168,7 @@ def read_pool(paths: Sequence[str | Path], task: str, fields: dict, exclude: Seq
 def labeled_pool(sec, seed: int) -> tuple[list[Example], list[Example], dict]:
     """(gold training examples as fine-tuning uses them, the pool, pool info) for a FinetuneSection: the pool
     without the texts of the training subset, the validation and the test set."""
-    from pretune.finetune import subsample
+    from pretune.finetune.stage import subsample
 
     task, fields = sec.task, sec.fields()
     gold = subsample(read_examples(sec.train, task, **fields), sec.label_fraction, sec.label_seed)
@@ -193,8 +193,8 @@ def write_pseudo_labels(path: Path, task: str, fields: dict, pseudo: list[tuple[
 
 def predict_pool(model_dir: Path, pool: list[Example], batch_size: int, device: str) -> tuple[list[str], list]:
     """(label names, the teacher's merged output per pool example) of a fine-tuned checkpoint."""
-    from pretune.finetune import encode_split, load_task_model, merge_outputs, run_features
-    from pretune.train import resolve_device
+    from pretune.finetune.stage import encode_split, load_task_model, merge_outputs, run_features
+    from pretune.training.trainer import resolve_device
 
     model, tok, conf = load_task_model(model_dir, device=resolve_device(device))
     data = encode_split(None, pool, model.task, tok, None, conf.get("max_len", 128), model.head_options)
@@ -215,7 +215,7 @@ def _improves(value, best, greater: bool) -> bool:
 
 def _prepare(out: Path, run_record: dict, resume: bool, overwrite: bool) -> list[dict]:
     """Make `out` ready; returns the rounds already finished (with --resume), else []."""
-    from pretune.pretrain import prepare_out_dir
+    from pretune.pretrain.stage import prepare_out_dir
 
     if not resume:
         prepare_out_dir(out, run_record, resume=False, overwrite=overwrite)
@@ -256,8 +256,8 @@ def self_train(sections: dict, resume: bool = False, overwrite: bool = False, so
 
     Returns what `finetune()` returns for the kept round (n_train: the gold examples), plus "self_training": the
     content of out/self_training.json."""
-    from pretune.finetune import finetune
-    from pretune.report import headline_metrics
+    from pretune.evaluate.report import headline_metrics
+    from pretune.finetune.stage import finetune
 
     sec = sections["finetune"].validate(source)
     tcfg = sections["train"].validate(source)

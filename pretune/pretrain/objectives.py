@@ -94,7 +94,7 @@ class Objective:
 
     def dataset(self, shards, max_len: int):
         """Training items from token shards: by default fixed-length packed sequences, so no padding is computed."""
-        from pretune.data.corpus import PackedSequences
+        from pretune.text.corpus import PackedSequences
 
         return PackedSequences(shards, max_len, self.specials.cls, self.specials.sep)
 

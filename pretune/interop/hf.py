@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from pretune import checkpoint as ck
 from pretune.errors import InputError
 from pretune.model.transformer import ModelConfig
+from pretune.training import checkpoint as ck
 
 FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "distilbert": "distilbert", "gpt2": "gpt2"}
 EXPORT_FAMILIES = ("bert", "roberta", "gpt2")
@@ -425,7 +425,7 @@ def load_hf_tokenizer(path: str | Path):
     Truncation and padding stored in tokenizer.json are dropped: pretune frames and pads sequences itself."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    from pretune.tokenizer import PretuneTokenizer
+    from pretune.text.tokenizer import PretuneTokenizer
 
     path = Path(path)
     hf = _optional_json(path / ck.CONFIG)
@@ -435,7 +435,7 @@ def load_hf_tokenizer(path: str | Path):
     specials = {k: _token_text(tcfg.get(k)) for k in ("unk_token", "cls_token", "sep_token", "pad_token")}
     from_json = (path / "tokenizer.json").is_file()
     if from_json:
-        from pretune.tokenizer import _read_tokenizer_json
+        from pretune.text.tokenizer import _read_tokenizer_json
 
         inner = _read_tokenizer_json(path / "tokenizer.json")
     elif (path / "vocab.txt").is_file() and cls in BERT_TOKENIZERS:

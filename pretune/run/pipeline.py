@@ -79,9 +79,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pretune import checkpoint as ck
 from pretune.config import coerce_fields, from_dict, load_toml, toml_tables
 from pretune.errors import InputError
+from pretune.training import checkpoint as ck
 
 FORMAT_VERSION = 1
 DEFAULT_CONFIG = "default.toml"
@@ -237,9 +237,9 @@ def _table(raw: dict, name: str, source) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 out: str | None = None) -> PipelineConfig:
     """Read a pipeline TOML (default: the bundled one), apply `--set` overrides and `--out`, validate every table."""
-    from pretune.finetune import SECTIONS as FT_SECTIONS
-    from pretune.pretrain import SECTIONS as PT_SECTIONS
-    from pretune.tune import TuneSection
+    from pretune.finetune.stage import SECTIONS as FT_SECTIONS
+    from pretune.pretrain.stage import SECTIONS as PT_SECTIONS
+    from pretune.run.tune import TuneSection
 
     cfg_path = Path(path) if path is not None else default_config_path()
     source = str(cfg_path)
@@ -424,8 +424,8 @@ def _corpus_inputs(cfg: PipelineConfig) -> dict:
 
 
 def stage_tokenizer(runner: Runner, cfg: PipelineConfig) -> StageResult:
-    from pretune.data.corpus import Corpus
-    from pretune.tokenizer import PretuneTokenizer, train_tokenizer
+    from pretune.text.corpus import Corpus
+    from pretune.text.tokenizer import PretuneTokenizer, train_tokenizer
 
     init = cfg.pretrain.init_from
     if init:
@@ -464,8 +464,8 @@ def stage_tokenizer(runner: Runner, cfg: PipelineConfig) -> StageResult:
 
 
 def stage_shards(runner: Runner, cfg: PipelineConfig, tok_stage: StageResult) -> StageResult:
-    from pretune.data.corpus import prepare_corpus
-    from pretune.tokenizer import PretuneTokenizer
+    from pretune.text.corpus import prepare_corpus
+    from pretune.text.tokenizer import PretuneTokenizer
 
     inputs = {"tokenizer": tok_stage.result["sha256"], "corpus": _corpus_inputs(cfg),
               "validation_fraction": cfg.corpus.validation_fraction, "seed": cfg.run.seed}
@@ -483,7 +483,7 @@ def stage_shards(runner: Runner, cfg: PipelineConfig, tok_stage: StageResult) ->
 
 
 def stage_pretrain(runner: Runner, cfg: PipelineConfig, shards: StageResult) -> StageResult:
-    from pretune.pretrain import pretrain
+    from pretune.pretrain.stage import pretrain
 
     sec = dataclasses.replace(cfg.pretrain, shards=str(shards.directory))
     init = cfg.pretrain.init_from
@@ -541,8 +541,8 @@ def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: P
                    from_scratch: bool, label_fraction: float | None = None, label_seed: int | None = None):
     """One fine-tuning run (the pretrained model, or the baseline when from_scratch) in `name`/. The pretrained model
     is self-trained / consistency-trained when [finetune] asks for it; the baseline is always the plain fine-tune."""
-    from pretune import selftrain
-    from pretune.finetune import finetune
+    from pretune.finetune.stage import finetune
+    from pretune.semisup import selftrain
 
     sec = dataclasses.replace(cfg.finetune, checkpoint=str(checkpoint), from_scratch=from_scratch)
     if from_scratch:
@@ -570,14 +570,14 @@ def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: P
 
 def stage_evaluate(runner: Runner, cfg: PipelineConfig, models: dict[str, StageResult]) -> StageResult:
     """Every model on the test set: evaluate/<model>.json with metrics, confusion/per-type scores, predictions."""
-    from pretune.finetune import evaluate_file, load_task_model
-    from pretune.report import headline_metrics
+    from pretune.evaluate.report import headline_metrics
+    from pretune.finetune.stage import evaluate_file, load_task_model
 
     test = cfg.finetune.test
     inputs = {"test": file_hash(test), "models": {n: s.fingerprint for n, s in models.items()}}
 
     def work(d: Path, resume: bool) -> dict:
-        from pretune.train import resolve_device
+        from pretune.training.trainer import resolve_device
 
         d.mkdir(parents=True, exist_ok=True)
         device = resolve_device(cfg.run.device)
@@ -606,7 +606,7 @@ def _support(report: dict) -> int:
 def check_inputs(cfg: PipelineConfig) -> None:
     """Fail before hours of pretraining, not after: every input file exists, the labeled sets read cleanly, and
     validation and test use only labels the training set has."""
-    from pretune.data.labeled import LabelMap, read_examples
+    from pretune.text.labeled import LabelMap, read_examples
 
     if not cfg.run.skip_pretraining:
         for f in cfg.corpus.files:
@@ -631,8 +631,8 @@ def check_inputs(cfg: PipelineConfig) -> None:
 
 def label_statistics(sec) -> dict:
     """Per split, how often each label occurs (classify/pair: examples; tag: entities; span: spans)."""
-    from pretune.data.labeled import read_examples
-    from pretune.metrics import entity_spans
+    from pretune.evaluate.metrics import entity_spans
+    from pretune.text.labeled import read_examples
 
     counts: dict[str, dict[str, int]] = {}
     fields = sec.fields()
@@ -704,11 +704,11 @@ def build_examples(cfg: PipelineConfig, stages: dict[str, StageResult], reports:
     """Test examples for the report, each with the pretrained model's per-token contributions as HTML.
 
     Returns (examples, the attribution method's name)."""
-    from pretune.data.labeled import read_examples
-    from pretune.finetune import load_task_model
-    from pretune.inference import explain_full, explain_html
-    from pretune.report import short_labels
-    from pretune.train import resolve_device
+    from pretune.evaluate.report import short_labels
+    from pretune.finetune.stage import load_task_model
+    from pretune.text.labeled import read_examples
+    from pretune.training.trainer import resolve_device
+    from pretune.use.inference import explain_full, explain_html
 
     sec = cfg.finetune
     if sec.task not in ("classify", "pair"):
@@ -736,8 +736,8 @@ def build_examples(cfg: PipelineConfig, stages: dict[str, StageResult], reports:
 def _token_task_examples(cfg: PipelineConfig, reports: dict[str, dict]) -> list:
     """tag/span: a few test sentences with gold and predicted entities; the pretrained model's entities are
     highlighted in the sentence (green: right, red: wrong)."""
-    from pretune.data.labeled import read_examples
-    from pretune.metrics import entity_spans
+    from pretune.evaluate.metrics import entity_spans
+    from pretune.text.labeled import read_examples
 
     sec = cfg.finetune
     examples = read_examples(sec.test, sec.task, **sec.fields())
@@ -787,7 +787,7 @@ def _highlight(tokens: list[str], predicted: set, gold: set) -> str:
 def build_summary(cfg: PipelineConfig, stages: dict[str, StageResult], evaluation: StageResult,
                   sweep_points: list[dict]) -> dict:
     """summary.json: the test metrics of both models, the gain, the sweep and the stage timings."""
-    from pretune.report import gains
+    from pretune.evaluate.report import gains
 
     scores = evaluation.result["test"]
     models = {}
@@ -815,8 +815,8 @@ def build_summary(cfg: PipelineConfig, stages: dict[str, StageResult], evaluatio
 
 def stage_report(runner: Runner, cfg: PipelineConfig, stages: dict[str, StageResult], evaluation: StageResult,
                  sweep_points: list[dict], wall_start: float) -> StageResult:
-    from pretune.report import ReportData, write_report
-    from pretune.tune import read_search, search_summary
+    from pretune.evaluate.report import ReportData, write_report
+    from pretune.run.tune import read_search, search_summary
 
     inputs = {"stages": {n: s.fingerprint for n, s in stages.items()}, "config": cfg.to_toml().split("\n", 1)[1],
               "title": cfg.run.title, "examples": cfg.run.examples}
@@ -902,7 +902,7 @@ def start_run(cfg: PipelineConfig, force: bool = False, log=print) -> tuple[Runn
 
 def run_pipeline(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
     """Run (or bring up to date) every stage; returns the summary (also in report/summary.json)."""
-    from pretune.tune import tuned_config
+    from pretune.run.tune import tuned_config
 
     wall_start = time.perf_counter()
     runner, base, base_fp, arch_fp = start_run(cfg, force, log)
@@ -963,7 +963,7 @@ def cli_overrides(args) -> list[str]:
 
 
 def cmd_run(args) -> None:
-    from pretune.report import format_summary
+    from pretune.evaluate.report import format_summary
 
     cfg = load_config(args.config, overrides=cli_overrides(args), out=args.out)
     if args.print_config:

@@ -1,7 +1,7 @@
 """`pretune tune`: search the fine-tuning hyperparameters with Optuna on the validation metric.
 
 The search space is the `[tune]` table of a `pretune run` config: the body's learning rate, the head's, the batch
-size, the number of epochs, the warm-up and what to freeze. Each trial is one `pretune.finetune.finetune()` of the
+size, the number of epochs, the warm-up and what to freeze. Each trial is one `pretune.finetune.stage.finetune()` of the
 pretrained checkpoint in `tune/trial_NNN/` (no test evaluation); it reports the validation metric (`[finetune]
 metric`) after every evaluation, and Optuna's median pruner stops trials that fall behind the others at the same
 evaluation. The search ends after `trials` trials, or at the first trial end after `timeout` seconds.
@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretune import checkpoint as ck
 from pretune.errors import InputError
+from pretune.training import checkpoint as ck
 
 FORMAT_VERSION = 1
 DEFAULT_TRIALS = 20  # `pretune tune` when neither --trials nor [tune] trials says
@@ -64,7 +64,7 @@ class TuneSection:
     prune_warmup: int = 2  # evaluations every trial gets before it can be pruned (>= 1)
 
     def validate(self, source: str | None = None) -> TuneSection:
-        from pretune.finetune import _FREEZE_RE
+        from pretune.finetune.stage import _FREEZE_RE
 
         def bad(msg: str) -> InputError:
             return InputError(f"[tune] {msg}", path=source)
@@ -189,8 +189,8 @@ def search(cfg, base: Path, directory: Path, log=print, resume: bool = False) ->
         import optuna
     except ModuleNotFoundError:
         raise InputError("the hyperparameter search needs Optuna: pip install 'optuna>=4'") from None
-    from pretune.finetune import finetune
-    from pretune.train import TrainingError
+    from pretune.finetune.stage import finetune
+    from pretune.training.trainer import TrainingError
 
     tune = cfg.tune
     if tune.trials < 1:
@@ -320,7 +320,7 @@ def _params_text(params: dict) -> str:
 def stage_tune(runner, cfg, base: Path, base_fp: dict):
     """The search as the run's `tune` stage: skipped when the pretrained model, the labeled data, the fine-tuning
     config and [tune] are unchanged since it last completed."""
-    from pretune.pipeline import _finetune_fp, _labeled_inputs
+    from pretune.run.pipeline import _finetune_fp, _labeled_inputs
 
     sec = dataclasses.replace(cfg.finetune, checkpoint=str(base), from_scratch=False, test=None)
     inputs = {"init": base_fp, "data": _labeled_inputs(cfg.finetune), **_finetune_fp(sec, cfg.finetune_trainer),
@@ -344,7 +344,7 @@ def tuned_config(runner, cfg, base: Path, base_fp: dict):
 
 
 def _adopt_search(runner, cfg, base_fp: dict) -> None:
-    from pretune.pipeline import StageResult, _labeled_inputs, _read_record
+    from pretune.run.pipeline import StageResult, _labeled_inputs, _read_record
 
     d = runner.root / "tune"
     record = _read_record(d / "stage.json") if (d / "stage.json").is_file() else {}
@@ -376,7 +376,7 @@ def format_search(search: dict) -> str:
 
 
 def cmd_tune(args) -> None:
-    from pretune.pipeline import cli_overrides, load_config, start_run
+    from pretune.run.pipeline import cli_overrides, load_config, start_run
 
     if args.trials is not None and args.trials < 1:
         raise InputError(f"--trials must be >= 1, got {args.trials}")
@@ -401,7 +401,7 @@ def cmd_tune(args) -> None:
 
 
 def register_cli(sub) -> None:
-    from pretune.pipeline import add_run_arguments
+    from pretune.run.pipeline import add_run_arguments
 
     p = sub.add_parser(
         "tune", help="search fine-tuning hyperparameters (Optuna) and write the best run config",
