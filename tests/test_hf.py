@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers 
 
 from pretune.cli import main  # noqa: E402
 from pretune.errors import InputError  # noqa: E402
-from pretune.interop.hf import export_hf, import_folder, load_hf_tokenizer, supported  # noqa: E402
+from pretune.interop.hf import export_hf, import_folder, load_hf_tokenizer, open_checkpoint, supported  # noqa: E402
 from pretune.model.heads import MLMHead  # noqa: E402
 from pretune.model.transformer import PRESETS, ModelConfig  # noqa: E402
 from pretune.pretrain.objectives import PretrainModel  # noqa: E402
@@ -194,7 +194,7 @@ IMPORT_CASES = ([("bert", c) for c in BERT_CASES] + [("roberta", c) for c in ROB
 @pytest.mark.parametrize("kind,case", IMPORT_CASES, ids=[f"{k}:{c}" for k, c in IMPORT_CASES])
 def test_import_lm_logits_match(tmp_path, kind, case):
     hf = make_hf(kind, case, tmp_path / "hf")
-    ckpt = ck.load_checkpoint(tmp_path / "hf")  # a Hugging Face folder is imported on the fly
+    ckpt = open_checkpoint(tmp_path / "hf")  # a Hugging Face folder is imported on the fly
     assert ckpt.config["heads"] == (["lm"] if kind == "gpt2" else ["mlm"])
     assert ckpt.config["model"]["causal"] is (kind == "gpt2")
     model = pretrain_model(ckpt)
@@ -213,7 +213,7 @@ def test_import_reads_pytorch_bin_and_legacy_names(tmp_path):
     (d / "model.safetensors").unlink()  # an old-style folder: a pickled state dict, LayerNorm weights named gamma
     state = {(k[: -len("weight")] + "gamma" if "LayerNorm.weight" in k else k): v for k, v in hf.state_dict().items()}
     torch.save(state, d / "pytorch_model.bin")
-    model = pretrain_model(ck.load_checkpoint(d))
+    model = pretrain_model(open_checkpoint(d))
     ids, mask, _ = batch(hf.config.vocab_size)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).logits
@@ -225,7 +225,7 @@ def test_import_base_model_has_no_head(tmp_path):
     imported = import_folder(tmp_path / "hf", tmp_path / "ckpt")
     assert imported.config["heads"] == []
     assert any("pooler" in n for n in imported.notes) and any("random" in n for n in imported.notes)
-    ckpt = ck.load_checkpoint(tmp_path / "ckpt")
+    ckpt = open_checkpoint(tmp_path / "ckpt")
     cfg = ModelConfig.from_dict(ckpt.config["model"])
     model = PretrainModel(cfg, {}).eval()
     ck.load_into(model, ckpt.state_dict, ckpt.path)
@@ -241,7 +241,7 @@ def test_bert_pretraining_heads_mlm_and_nsp(tmp_path):
     from pretune.model.heads import NSPHead
 
     hf = make_hf("bert", "bert-gelu", tmp_path / "hf", task="pretraining")
-    ckpt = ck.load_checkpoint(tmp_path / "hf")
+    ckpt = open_checkpoint(tmp_path / "hf")
     assert ckpt.config["objective"] == "mlm+nsp" and ckpt.config["heads"] == ["mlm", "nsp"]
     cfg = ModelConfig.from_dict(ckpt.config["model"])
     model = PretrainModel(cfg, {"mlm": MLMHead(cfg), "nsp": NSPHead(cfg)}).eval()
@@ -512,7 +512,7 @@ def test_import_errors(tmp_path, capsys):
     make_hf("bert", "bert-gelu", tmp_path / "hf")
     (tmp_path / "hf" / "model.safetensors").rename(tmp_path / "weights.bak")
     with pytest.raises(InputError, match="no PyTorch weights"):
-        ck.load_checkpoint(tmp_path / "hf")
+        open_checkpoint(tmp_path / "hf")
     # an untied output layer cannot be represented: refuse rather than silently tie it
     from safetensors.torch import load_file, save_file
 
@@ -520,16 +520,16 @@ def test_import_errors(tmp_path, capsys):
     state["cls.predictions.decoder.weight"] = torch.randn_like(state["bert.embeddings.word_embeddings.weight"])
     save_file(state, str(tmp_path / "hf" / "model.safetensors"))
     with pytest.raises(InputError, match="untied"):
-        ck.load_checkpoint(tmp_path / "hf")
+        open_checkpoint(tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     config["position_embedding_type"] = "relative_key"
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match="absolute"):
-        ck.load_checkpoint(tmp_path / "hf")
+        open_checkpoint(tmp_path / "hf")
     for f in ("vocab.txt", "tokenizer_config.json"):
         (tmp_path / "hf" / f).unlink()
     with pytest.raises(InputError, match="no tokenizer"):
-        ck.load_checkpoint(tmp_path / "hf")
+        open_checkpoint(tmp_path / "hf")
 
 
 # ---- the whole story: HF folder -> continue pretraining -> fine-tune -> HF folder -----------------------------------
@@ -547,8 +547,8 @@ def test_continue_pretraining_and_finetuning_from_hf_folder(tmp_path, capsys):
     assert main(["pretrain", "--shards", str(tmp_path / "shards"), "--init-from", str(tmp_path / "hf"),
                  "--out", str(tmp_path / "run"), "--max-len", "32", "--max-steps", "3", "--batch-size", "4",
                  "--eval-every", "3", "--eval-batches", "1", "--no-progress", "--device", "cpu"]) == 0
-    before = ck.load_checkpoint(tmp_path / "hf").state_dict
-    after = ck.load_checkpoint(tmp_path / "run").state_dict
+    before = open_checkpoint(tmp_path / "hf").state_dict
+    after = open_checkpoint(tmp_path / "run").state_dict
     assert not torch.equal(before["heads.mlm.dense.weight"], after["heads.mlm.dense.weight"])  # it trained
     rows = [("the cat sat", "a"), ("the quick brown fox", "b"), ("hello world", "a"), ("lazy dog", "b")] * 4
     for name in ("train", "validation"):

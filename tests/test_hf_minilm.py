@@ -21,6 +21,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from pretune.cli import main  # noqa: E402
+from pretune.interop.hf import open_checkpoint  # noqa: E402
 from pretune.model.transformer import ModelConfig, Transformer  # noqa: E402
 from pretune.text.tokenizer import PretuneTokenizer  # noqa: E402
 from pretune.training import checkpoint as ck  # noqa: E402
@@ -58,7 +59,7 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def test_minilm_embeddings_match_transformers(minilm):
-    ckpt = ck.load_checkpoint(minilm)  # imported in memory
+    ckpt = open_checkpoint(minilm)  # imported in memory
     assert ckpt.config["heads"] == [] and ckpt.config["model"]["hidden_size"] == 384
     body = Transformer(ModelConfig.from_dict(ckpt.config["model"])).eval()
     ck.load_into(body, {k[len("body."):]: v for k, v in ckpt.state_dict.items()}, ckpt.path)
@@ -116,8 +117,8 @@ def test_minilm_continue_pretraining_then_finetune_beats_scratch(minilm, tmp_pat
     records = [json.loads(x) for x in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines() if x.strip()]
     val = [r["mlm_loss"] for r in records if r.get("split") == "validation" and "mlm_loss" in r]
     assert len(val) >= 2 and val[-1] < val[0], val  # the fresh head learns; the body adapts
-    before = ck.load_checkpoint(minilm).state_dict["body.blocks.0.attn.qkv.weight"]
-    after = ck.load_checkpoint(tmp_path / "pre").state_dict["body.blocks.0.attn.qkv.weight"]
+    before = open_checkpoint(minilm).state_dict["body.blocks.0.attn.qkv.weight"]
+    after = open_checkpoint(tmp_path / "pre").state_dict["body.blocks.0.attn.qkv.weight"]
     assert 0 < (after - before).abs().max().item() < 0.05  # moved, but still the pretrained weights
 
     # 2. fine-tune on a small real task (WordNet noun supersenses, 26 classes), pretrained vs from scratch

@@ -23,6 +23,7 @@ from torch import nn
 
 from pretune.errors import InputError
 from pretune.evaluate.metrics import classification_report, entity_report, format_report, span_report
+from pretune.interop.hf import open_checkpoint
 from pretune.model.heads import ClassificationHead, SpanHead, TokenClassificationHead
 from pretune.model.transformer import ModelConfig, Transformer, describe, init_weights
 from pretune.text.labeled import (
@@ -38,6 +39,7 @@ from pretune.text.labeled import (
 )
 from pretune.training import checkpoint as ck
 from pretune.training import distributed as dist
+from pretune.training.outdir import prepare_out_dir
 from pretune.training.trainer import (
     BatchSource,
     EarlyStopping,
@@ -560,7 +562,7 @@ def model_config_of(ckpt: ck.Checkpoint) -> ModelConfig:
 
 def load_task_model(path: str | Path, device: str | torch.device | None = None) -> tuple[TaskModel, Any, dict]:
     """(model in eval mode, tokenizer, config.json) of a fine-tuned checkpoint (a directory or a run holding one)."""
-    ckpt = ck.load_checkpoint(path)
+    ckpt = open_checkpoint(path)
     conf = ckpt.config
     if conf.get("task") not in TASKS:
         raise InputError("not a fine-tuned checkpoint (config.json names no task); fine-tune it first with "
@@ -617,15 +619,13 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     Writes out/model (best checkpoint by validation), out/metrics.jsonl, out/test_report.json (with a test file).
     `on_evaluate(step, metrics)` is called after every validation (it may raise to stop the run).
     Returns {"out", "metric", "best", "validation", "test", "steps", "n_train", "stopped_early", "warnings"}."""
-    from pretune.pretrain.stage import prepare_out_dir
-
     sec: FinetuneSection = sections["finetune"].validate(source)
     tcfg = sections["train"]
     tcfg.validate(source)
     task, head_options = sec.task, sec.head_options()
     seed_everything(tcfg.seed)
 
-    init = ck.load_checkpoint(sec.checkpoint)
+    init = open_checkpoint(sec.checkpoint)
     tok = init.tokenizer()
     cfg = model_config_of(init)
     if tok.vocab_size > cfg.vocab_size:

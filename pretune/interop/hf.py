@@ -386,6 +386,15 @@ def import_hf(path: str | Path) -> ck.Checkpoint:
     return ck.Checkpoint(Path(path), imported.config, imported.state, loaded_tokenizer=imported.tokenizer)
 
 
+def open_checkpoint(path: str | Path) -> ck.Checkpoint:
+    """A pretune checkpoint, or a Hugging Face model folder converted in memory: what every `--from` accepts."""
+    resolved = ck.resolve(path)
+    config = ck.read_json(resolved / ck.CONFIG)
+    if "model_type" in config and "model" not in config:
+        return import_hf(resolved)
+    return ck.load_checkpoint(resolved)
+
+
 def import_folder(src: str | Path, out: str | Path, overwrite: bool = False) -> Imported:
     """Convert a Hugging Face folder into a pretune checkpoint directory `out` (written atomically)."""
     src, out = Path(src), Path(out)
@@ -637,7 +646,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, family: str = "auto", ove
     """Write a pretune checkpoint as a Hugging Face folder; returns notes on what was left out."""
     from safetensors.torch import save_file
 
-    ckpt = ck.load_checkpoint(checkpoint)
+    ckpt = open_checkpoint(checkpoint)
     out = Path(out)
     _check_target(out, overwrite)
     if "model" not in ckpt.config:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from pretune.errors import InputError
+from pretune.interop.hf import open_checkpoint
 from pretune.model.transformer import PRESETS, ModelConfig, describe
 from pretune.pretrain.objectives import OBJECTIVES, Objective, PretrainModel, Specials, build_objective
 from pretune.pretrain.vocab import extend_vocabulary, read_word_list
 from pretune.text.corpus import TokenShards
 from pretune.training import checkpoint as ck
 from pretune.training import distributed as dist
+from pretune.training.outdir import prepare_out_dir
 from pretune.training.trainer import BatchSource, TrainConfig, Trainer, label_count, seed_everything
 
 
@@ -126,44 +127,6 @@ def evaluator(objective: Objective, dataset, batch_size: int, max_batches: int, 
     return evaluate
 
 
-def prepare_out_dir(out: Path, run_record: dict, resume: bool, overwrite: bool) -> None:
-    """Never silently overwrite: a directory holding a run is continued (--resume, same config) or replaced only with
-    --overwrite."""
-    record_file = out / "run.json"
-    if resume:
-        if dist.is_main():
-            ck.recover_dir(out / "last")  # a crash in the middle of a checkpoint swap
-        dist.barrier()
-        if not (out / "last").exists():
-            raise InputError("--resume: no checkpoint to resume from (no last/ here)", path=out)
-        if record_file.exists():
-            old = ck.read_json(record_file)
-            keep = ("max_steps", "eval_every", "save_every", "log_every", "progress", "device", "eval_batches",
-                    "stop_after", "batch_size", "grad_accum", "fsdp")
-            def core(r):
-                return {s: {k: v for k, v in vals.items() if k not in keep} for s, vals in r.items() if s != "launch"}
-            # batch_size / grad_accum may change with the number of ranks; on as many ranks, the global batch may not
-            launch_old, launch_new = old.get("launch", {}), run_record.get("launch", {})
-            same_world = launch_old.get("world_size", 1) == launch_new.get("world_size", 1)
-            batch_changed = launch_old.get("global_batch") not in (None, launch_new.get("global_batch"))
-            if core(old) != core(run_record) or (same_world and batch_changed):
-                raise InputError("--resume: this directory holds a run with a different config; "
-                                 "use the same config (only max_steps and logging may change) or another --out",
-                                 path=out)
-        return
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise InputError("output directory already holds files; pass --resume to continue its run, "
-                             "--overwrite to replace it, or choose another --out", path=out)
-        dist.barrier()  # every rank has looked before rank 0 clears it
-        if dist.is_main():
-            shutil.rmtree(out)
-    dist.barrier()
-    if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-
-
 def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, model_values: dict | None = None,
              source=None) -> dict:
     """Run stage 1 from resolved config sections. Returns the trainer's summary."""
@@ -173,7 +136,7 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     shards_dir = Path(sec.shards)
     train_shards = TokenShards(shards_dir, "train")
     val_shards = TokenShards(shards_dir, "validation")
-    init = ck.load_checkpoint(sec.init_from) if sec.init_from else None
+    init = open_checkpoint(sec.init_from) if sec.init_from else None
     tok_source = init.path if init is not None else shards_dir
     from pretune.text.tokenizer import PretuneTokenizer
 

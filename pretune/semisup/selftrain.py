@@ -33,9 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from pretune.errors import InputError
+from pretune.interop.hf import open_checkpoint
 from pretune.text.labeled import Example, read_examples
 from pretune.training import checkpoint as ck
 from pretune.training import distributed as dist
+from pretune.training.outdir import prepare_out_dir
 
 POOL_TASKS = ("classify", "pair", "tag")  # tasks that self-training and consistency training support
 TAG_CONFIDENCE = ("mean", "min")
@@ -215,8 +217,6 @@ def _improves(value, best, greater: bool) -> bool:
 
 def _prepare(out: Path, run_record: dict, resume: bool, overwrite: bool) -> list[dict]:
     """Make `out` ready; returns the rounds already finished (with --resume), else []."""
-    from pretune.pretrain.stage import prepare_out_dir
-
     if not resume:
         prepare_out_dir(out, run_record, resume=False, overwrite=overwrite)
         ck.write_json(out / "run.json", run_record)
@@ -266,7 +266,7 @@ def self_train(sections: dict, resume: bool = False, overwrite: bool = False, so
     if dist.world_size() > 1:
         raise InputError("self-training runs in one process: start it without torchrun (consistency training, "
                          "uda_weight, works under torchrun)")
-    ck.load_checkpoint(sec.checkpoint)  # a bad --from fails here, before `out` is touched
+    open_checkpoint(sec.checkpoint)  # a bad --from fails here, before `out` is touched
     gold, pool, pool_info = labeled_pool(sec, tcfg.seed)
     out = Path(sec.out)
     rounds = _prepare(out, {"finetune": asdict(sec), "train": asdict(tcfg)}, resume, overwrite)

@@ -248,10 +248,9 @@ def read_json(path: Path) -> dict:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     path = resolve(path)
     config = read_json(path / CONFIG)
-    if "model_type" in config and "model" not in config:  # a Hugging Face model folder: import it in memory
-        from pretune.interop.hf import import_hf
-
-        return import_hf(path)
+    if "model_type" in config and "model" not in config:
+        raise InputError("a Hugging Face model folder, not a pretune checkpoint: open it with "
+                         "pretune.interop.hf.open_checkpoint (or `pretune import` it)", path=path)
     weights = path / WEIGHTS
     if not weights.is_file():
         raise InputError(f"checkpoint has no {WEIGHTS}", path=path)

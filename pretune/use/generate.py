@@ -10,16 +10,16 @@ from __future__ import annotations
 import torch
 
 from pretune.errors import InputError
+from pretune.interop.hf import open_checkpoint
 from pretune.model.heads import MLMHead
 from pretune.model.transformer import ModelConfig
 from pretune.pretrain.objectives import PretrainModel
+from pretune.training import checkpoint as ck
 
 
 def load_causal_model(path: str, device: str | torch.device = "cpu"):
     """(model, tokenizer) from a checkpoint of a causal model; InputError for a bidirectional one."""
-    from pretune.training import checkpoint as ck
-
-    ckpt = ck.load_checkpoint(path)
+    ckpt = open_checkpoint(path)
     if not isinstance(ckpt.config.get("model"), dict):
         raise InputError("checkpoint config has no model section", path=ckpt.path / ck.CONFIG)
     cfg = ModelConfig.from_dict(ckpt.config["model"], str(ckpt.path / ck.CONFIG))

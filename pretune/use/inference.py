@@ -35,6 +35,7 @@ from pretune.finetune.stage import (
     predictions_json,
     run_features,
 )
+from pretune.interop.hf import open_checkpoint
 from pretune.model.transformer import Transformer
 from pretune.text.labeled import Example, length_grouped_batches, read_examples
 from pretune.training import checkpoint as ck
@@ -183,7 +184,7 @@ def predict_file(checkpoint, input_path: str | Path, output_path: str | Path, ba
 def load_body(checkpoint, device: str | None = None) -> tuple[Transformer, Any, dict]:
     """The Transformer body (eval mode), tokenizer and config.json of any pretune checkpoint (pretrained or
     fine-tuned)."""
-    ckpt = ck.load_checkpoint(checkpoint)
+    ckpt = open_checkpoint(checkpoint)
     tok = ckpt.tokenizer()
     cfg = model_config_of(ckpt)
     state = {k[len("body."):]: v for k, v in ckpt.state_dict.items() if k.startswith("body.")}
