@@ -19,6 +19,17 @@ from typing import Any
 
 from pretune.errors import InputError
 
+# The one list of settings that never change a result (what a fingerprint or a resume check ignores), and the
+# settings a resumed run may change besides them (budgets and how a global batch is split over ranks).
+NEUTRAL_KEYS = ("progress", "device", "log_every", "save_every")
+RESUME_KEYS = NEUTRAL_KEYS + ("max_steps", "eval_every", "eval_batches", "stop_after", "batch_size", "grad_accum",
+                              "fsdp")
+
+
+def without_keys(record: dict[str, dict], keys: tuple[str, ...]) -> dict[str, dict]:
+    """{section: {key: value}} less `keys` in every section."""
+    return {s: {k: v for k, v in vals.items() if k not in keys} for s, vals in record.items()}
+
 
 def load_toml(path: str | Path) -> dict:
     path = Path(path)

@@ -23,6 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pretune import files
 from pretune.cli import main
 from pretune.training import checkpoint as ck
 
@@ -47,9 +48,9 @@ def reference(shards, tmp_path_factory) -> Path:
 
 def start(shards: Path, run: Path, pause: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}  # as the in-process runs (one_thread)
-    env.pop(ck.PAUSE_ENV, None)
+    env.pop(files.PAUSE_ENV, None)
     if pause:
-        env[ck.PAUSE_ENV] = pause
+        env[files.PAUSE_ENV] = pause
     return subprocess.Popen([sys.executable, "-m", "pretune.cli", "pretrain", "--shards", str(shards), "--out",
                              str(run), *ARGS], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -275,17 +276,17 @@ def test_out_of_disk_space_while_writing_a_checkpoint(shards, tmp_path, monkeypa
 
 def test_write_dir_atomic_keeps_the_old_directory_on_any_oserror(tmp_path):
     target = tmp_path / "ckpt"
-    ck.write_dir_atomic(target, lambda d: (d / "a.txt").write_text("old"))
+    files.write_dir_atomic(target, lambda d: (d / "a.txt").write_text("old"))
 
     def failing(d: Path) -> None:
         (d / "a.txt").write_text("new")
         raise PermissionError(errno.EACCES, "Permission denied")
 
     with pytest.raises(ck.InputError, match="cannot write ckpt/: Permission denied"):
-        ck.write_dir_atomic(target, failing)
+        files.write_dir_atomic(target, failing)
     assert (target / "a.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     # a swap cut short by a crash (target moved aside, not replaced) is undone by the next reader / writer
     os.replace(target, tmp_path / ".ckpt.old")
-    ck.recover_dir(target)
+    files.recover_dir(target)
     assert (target / "a.txt").read_text() == "old" and not (tmp_path / ".ckpt.old").exists()

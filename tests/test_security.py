@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pretune import files
 from pretune.cli import main
 from pretune.errors import InputError
 from pretune.training import checkpoint as ck
@@ -147,14 +148,14 @@ def test_config_values_are_never_evaluated(toml, tmp_path, capsys):
 
 def test_safe_filename_and_child_path_keep_data_names_inside(tmp_path):
     for name in ("../../etc/passwd", "/abs/path", "a/b", "a\\b", "..", ".", "", ".hidden", "x" * 500, "é/ü"):
-        safe = ck.safe_filename(name)
+        safe = files.safe_filename(name)
         assert "/" not in safe and "\\" not in safe and not safe.startswith(".") and 0 < len(safe) <= 89
-        assert ck.child_path(tmp_path, safe).resolve().parent == tmp_path.resolve()
-    assert ck.safe_filename("a/b") != ck.safe_filename("a_b")  # distinct names stay distinct
-    assert ck.safe_filename("noun.artifact") == "noun.artifact"  # ordinary names are untouched
+        assert files.child_path(tmp_path, safe).resolve().parent == tmp_path.resolve()
+    assert files.safe_filename("a/b") != files.safe_filename("a_b")  # distinct names stay distinct
+    assert files.safe_filename("noun.artifact") == "noun.artifact"  # ordinary names are untouched
     for bad in ("../x", "/etc/passwd", "a/b", "..", ".", ""):
         with pytest.raises(InputError, match="would leave the output directory"):
-            ck.child_path(tmp_path, bad)
+            files.child_path(tmp_path, bad)
 
 
 def test_labels_with_slashes_stay_data(tiny_ckpt, tmp_path, capsys):

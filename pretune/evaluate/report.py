@@ -558,7 +558,7 @@ def render_report(data: ReportData) -> str:
 
 def write_report(directory: str | Path, data: ReportData) -> Path:
     """Write report.html into `directory` (atomically) and return its path."""
-    from pretune.training.checkpoint import write_text
+    from pretune.files import write_text
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

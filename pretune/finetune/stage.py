@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretune import files
 from pretune.errors import InputError
 from pretune.evaluate.metrics import classification_report, entity_report, format_report, span_report
 from pretune.interop.hf import open_checkpoint
@@ -546,7 +547,7 @@ def task_model_writer(config: dict, tok):
     """A `save_model(dir, model)` for the trainer: config.json, model.safetensors, tokenizer.json."""
 
     def save(directory: Path, model: nn.Module) -> None:
-        ck.write_json(directory / ck.CONFIG, {"format_version": ck.FORMAT_VERSION, **config})
+        files.write_json(directory / ck.CONFIG, {"format_version": ck.FORMAT_VERSION, **config})
         ck.save_weights(directory / ck.WEIGHTS, model)
         tok.save(directory / ck.TOKENIZER)
 
@@ -685,7 +686,7 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     extra = {"fields": sec.fields(), "base_checkpoint": str(init.path), "from_scratch": sec.from_scratch}
     config = task_config(model, sec.max_len, extra)
     if dist.is_main():
-        ck.write_json(out / "run.json", run_record)
+        files.write_json(out / "run.json", run_record)
         for w in warnings:
             print(f"pretune: warning: {w}", file=sys.stderr)
         print(f"{task}: {len(labels)} labels, {len(train_ex)} training examples ({len(train.features)} inputs), "
@@ -726,7 +727,7 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
         best_model, _, _ = load_task_model(out / "model", device=trainer.device)
         report, merged, _ = evaluate_data(best_model, tok, test, tcfg.batch_size * 2)
         test_report = {**report, "predictions": predictions_json(task, labels.names, merged)}
-        ck.write_json(out / "test_report.json", test_report)
+        files.write_json(out / "test_report.json", test_report)
     return {
         "out": str(out),
         "metric": metric,
@@ -806,7 +807,7 @@ def cmd_evaluate(args) -> None:
     print(format_report(report))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        ck.write_json(out, report)
+        files.write_json(out, report)
         print(f"report: {out}")
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from pretune import files
 from pretune.errors import InputError
 from pretune.model.transformer import ModelConfig
 from pretune.training import checkpoint as ck
@@ -67,7 +68,7 @@ def _family(hf: dict, path: Path) -> str:
 
 
 def _optional_json(path: Path) -> dict:
-    return ck.read_json(path) if path.is_file() else {}
+    return files.read_json(path) if path.is_file() else {}
 
 
 def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -80,10 +81,10 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
         if (path / single).is_file():
             files = [path / single]
         elif (path / index).is_file():
-            weight_map = ck.read_json(path / index).get("weight_map")
+            weight_map = files.read_json(path / index).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise InputError("expected a 'weight_map' object", path=path / index)
-            files = [ck.child_path(path, str(name)) for name in sorted(set(weight_map.values()))]
+            files = [files.child_path(path, str(name)) for name in sorted(set(weight_map.values()))]
         else:
             continue
         state: dict[str, torch.Tensor] = {}
@@ -324,7 +325,7 @@ class Imported:
 def convert_folder(path: str | Path) -> Imported:
     """Read a Hugging Face model folder into pretune's layout, in memory."""
     path = Path(path)
-    hf = ck.read_json(path / ck.CONFIG)
+    hf = files.read_json(path / ck.CONFIG)
     family = _family(hf, path)
     tok = load_hf_tokenizer(path)
     state = {k: v for k, v in read_hf_weights(path).items() if not k.endswith(IGNORED_SUFFIXES)}
@@ -389,7 +390,7 @@ def import_hf(path: str | Path) -> ck.Checkpoint:
 def open_checkpoint(path: str | Path) -> ck.Checkpoint:
     """A pretune checkpoint, or a Hugging Face model folder converted in memory: what every `--from` accepts."""
     resolved = ck.resolve(path)
-    config = ck.read_json(resolved / ck.CONFIG)
+    config = files.read_json(resolved / ck.CONFIG)
     if "model_type" in config and "model" not in config:
         return import_hf(resolved)
     return ck.load_checkpoint(resolved)
@@ -407,13 +408,13 @@ def import_folder(src: str | Path, out: str | Path, overwrite: bool = False) -> 
     imported = convert_folder(src)
 
     def fill(tmp: Path) -> None:
-        ck.write_json(tmp / ck.CONFIG, {"format_version": ck.FORMAT_VERSION, **imported.config})
+        files.write_json(tmp / ck.CONFIG, {"format_version": ck.FORMAT_VERSION, **imported.config})
         from safetensors.torch import save_file
 
         save_file(imported.state, str(tmp / ck.WEIGHTS), metadata={"format": "pt"})
         imported.tokenizer.save(tmp / ck.TOKENIZER)
 
-    ck.write_dir_atomic(out, fill)
+    files.write_dir_atomic(out, fill)
     return imported
 
 
@@ -548,9 +549,9 @@ def _tokenizer_files(tok, cfg: ModelConfig, family: str, out: Path) -> None:
         inner.model.save(str(out))  # vocab.txt
     elif model.get("type") == "BPE" and (data.get("pre_tokenizer") or {}).get("type") == "ByteLevel":
         inner.model.save(str(out))  # vocab.json + merges.txt
-    ck.write_json(out / "tokenizer_config.json", config)
+    files.write_json(out / "tokenizer_config.json", config)
     specials_map = {k: v for k, v in config.items() if k.endswith("_token")}
-    ck.write_json(out / "special_tokens_map.json", specials_map)
+    files.write_json(out / "special_tokens_map.json", specials_map)
 
 
 def _offset_trimming(post):
@@ -699,11 +700,11 @@ def export_hf(checkpoint: str | Path, out: str | Path, family: str = "auto", ove
     config = hf_config(cfg, family, ARCHITECTURES[(family, kind)], tok, labels)
 
     def fill(tmp: Path) -> None:
-        ck.write_json(tmp / "config.json", config)
+        files.write_json(tmp / "config.json", config)
         save_file(theirs, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _tokenizer_files(tok, cfg, family, tmp)
 
-    ck.write_dir_atomic(out, fill)
+    files.write_dir_atomic(out, fill)
     return notes
 
 

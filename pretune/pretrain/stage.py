@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from pretune import files
 from pretune.errors import InputError
 from pretune.interop.hf import open_checkpoint
 from pretune.model.transformer import PRESETS, ModelConfig, describe
@@ -95,7 +96,7 @@ def model_files_writer(cfg: ModelConfig, objective: Objective, tok, extra: dict 
     def save(directory: Path, model: torch.nn.Module) -> None:
         config = {"model": cfg.to_dict(), "objective": objective.name, "heads": sorted(model.heads.keys()),
                   **(extra or {})}
-        ck.write_json(directory / ck.CONFIG, {"format_version": ck.FORMAT_VERSION, **config})
+        files.write_json(directory / ck.CONFIG, {"format_version": ck.FORMAT_VERSION, **config})
         ck.save_weights(directory / ck.WEIGHTS, model)
         tok.save(directory / ck.TOKENIZER)
 
@@ -179,7 +180,7 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
                             "global_batch": tcfg.batch_size * tcfg.grad_accum * dist.world_size()}
     prepare_out_dir(out, run_record, resume, overwrite)
     if dist.is_main():
-        ck.write_json(out / "run.json", run_record)
+        files.write_json(out / "run.json", run_record)
         print(describe(cfg, model.body.num_parameters() + sum(p.numel() for p in model.heads.parameters())))
     train_data = objective.dataset(train_shards, sec.max_len)
     val_data = objective.dataset(val_shards, sec.max_len)

@@ -79,7 +79,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pretune.config import coerce_fields, from_dict, load_toml, toml_tables
+from pretune import files
+from pretune.config import NEUTRAL_KEYS, coerce_fields, from_dict, load_toml, toml_tables
 from pretune.errors import InputError
 from pretune.training import checkpoint as ck
 
@@ -87,7 +88,6 @@ FORMAT_VERSION = 1
 DEFAULT_CONFIG = "default.toml"
 TABLES = ("run", "corpus", "tokenizer", "pretrain", "finetune", "sweep", "tune")
 # trainer keys that do not change what a stage computes (left out of fingerprints)
-NEUTRAL_TRAIN_KEYS = ("progress", "device", "log_every", "save_every")
 RUN_WIDE = ("device", "progress")  # trainer keys set for every stage in [run]
 
 
@@ -344,7 +344,7 @@ def fingerprint(inputs: dict) -> str:
 
 
 def _trainer_fp(tcfg) -> dict:
-    return {k: v for k, v in asdict(tcfg).items() if k not in NEUTRAL_TRAIN_KEYS}
+    return {k: v for k, v in asdict(tcfg).items() if k not in NEUTRAL_KEYS}
 
 
 @dataclass
@@ -388,7 +388,7 @@ class Runner:
         if not resume and d.exists():
             shutil.rmtree(d)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        ck.write_json(marker, {"fingerprint": fp, "started": _now()})
+        files.write_json(marker, {"fingerprint": fp, "started": _now()})
         self.log(f"[{name}] {'continuing from its last checkpoint' if resume else 'running'}")
         t0 = time.perf_counter()
         result = work(d, resume)
@@ -396,7 +396,7 @@ class Runner:
         d.mkdir(parents=True, exist_ok=True)
         if can_continue is not None and (d / "model").is_dir():
             shutil.rmtree(d / "last", ignore_errors=True)
-        ck.write_json(record_file, {"stage": name, "status": "done", "fingerprint": fp, "finished": _now(),
+        files.write_json(record_file, {"stage": name, "status": "done", "fingerprint": fp, "finished": _now(),
                                     "seconds": round(seconds, 2), "inputs": inputs, "result": result})
         marker.unlink(missing_ok=True)
         self.log(f"[{name}] done in {seconds:.1f}s")
@@ -407,7 +407,7 @@ class Runner:
 
 def _read_record(path: Path) -> dict:
     try:
-        return ck.read_json(path)
+        return files.read_json(path)
     except InputError:
         return {}  # a damaged record only means the stage runs again
 
@@ -528,7 +528,7 @@ def _finetune_fp(sec, tcfg) -> dict:
 
 def architecture_fp(checkpoint: Path) -> dict:
     """What a from-scratch baseline depends on: the architecture and the tokenizer, not the weights."""
-    conf = ck.read_json(checkpoint / ck.CONFIG)
+    conf = files.read_json(checkpoint / ck.CONFIG)
     return {"model": conf.get("model"), "tokenizer": file_hash(checkpoint / ck.TOKENIZER)}
 
 
@@ -585,7 +585,7 @@ def stage_evaluate(runner: Runner, cfg: PipelineConfig, models: dict[str, StageR
         for name, st in models.items():
             loaded = load_task_model(st.directory / "model", device=device)
             report = evaluate_file(loaded, test, batch_size=max(32, cfg.finetune_trainer.batch_size * 2))
-            ck.write_json(d / f"{_file_name(name)}.json", report)
+            files.write_json(d / f"{_file_name(name)}.json", report)
             scores[name] = headline_metrics(report)
             runner.log(f"  {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores[name].items()))
         return {"test": scores, "test_size": _support(report)}
@@ -823,7 +823,7 @@ def stage_report(runner: Runner, cfg: PipelineConfig, stages: dict[str, StageRes
 
     def work(d: Path, resume: bool) -> dict:
         d.mkdir(parents=True, exist_ok=True)
-        reports = {m: ck.read_json(evaluation.directory / f"{m}.json") for m in ("pretrained", "baseline")}
+        reports = {m: files.read_json(evaluation.directory / f"{m}.json") for m in ("pretrained", "baseline")}
         summary = build_summary(cfg, stages, evaluation, sweep_points)
         summary["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
         summary["corpus"] = corpus_statistics(cfg, stages)
@@ -844,7 +844,7 @@ def stage_report(runner: Runner, cfg: PipelineConfig, stages: dict[str, StageRes
             tune=search,
         )
         path = write_report(d, data)
-        ck.write_json(d / "summary.json", summary)
+        files.write_json(d / "summary.json", summary)
         return {"report": str(path)}
 
     return runner.stage("report", inputs, work)
@@ -872,7 +872,7 @@ def prepare_run_dir(root: Path, cfg: PipelineConfig) -> None:
         raise InputError("this directory holds files but no pretune run (no pipeline.json); choose another --out",
                          path=root)
     root.mkdir(parents=True, exist_ok=True)
-    ck.write_json(marker, {"format_version": FORMAT_VERSION, "config": cfg.source})
+    files.write_json(marker, {"format_version": FORMAT_VERSION, "config": cfg.source})
     (root / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
 
 
@@ -925,7 +925,7 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
     evaluation = stage_evaluate(runner, cfg, models)
     sweep_points = _sweep_points(cfg, models, evaluation, sweep_models)
     report = stage_report(runner, cfg, dict(stages), evaluation, sweep_points, wall_start)
-    summary = ck.read_json(report.directory / "summary.json")
+    summary = files.read_json(report.directory / "summary.json")
     return summary
 
 

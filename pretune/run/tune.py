@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pretune import files
 from pretune.errors import InputError
-from pretune.training import checkpoint as ck
 
 FORMAT_VERSION = 1
 DEFAULT_TRIALS = 20  # `pretune tune` when neither --trials nor [tune] trials says
@@ -135,14 +135,14 @@ def write_best_config(cfg, search_dir: Path) -> Path:
               f"{search['metric']} {best['value']:.4f}); its values are in [finetune] and [finetune.trainer].\n"
               f"# Run it with: pretune run {path}\n# The search is in {search_dir / 'trials.json'}; "
               "[tune] trials = 0, so running this config does not search again.\n")
-    ck.write_text(path, header + tuned.to_toml())
+    files.write_text(path, header + tuned.to_toml())
     return path
 
 
 def read_search(search_dir: Path) -> dict | None:
     """trials.json of a search directory, or None."""
     path = Path(search_dir) / "trials.json"
-    return ck.read_json(path) if path.is_file() else None
+    return files.read_json(path) if path.is_file() else None
 
 
 def search_summary(search: dict) -> dict:
@@ -235,7 +235,7 @@ def search(cfg, base: Path, directory: Path, log=print, resume: bool = False) ->
             if best is None or d.name != f"trial_{best:03d}":
                 shutil.rmtree(d / "model", ignore_errors=True)  # disk stays bounded: one model, the best
         seconds = time.perf_counter() - t0
-        ck.write_json(directory / "trials.json", _search_record(study, cfg, metric, direction, seconds))
+        files.write_json(directory / "trials.json", _search_record(study, cfg, metric, direction, seconds))
         r = _trial_record(trial)
         value = r["value"] if r["value"] is not None else (r["evaluations"] or [None])[-1]
         shown = f"{value:.4f}" if isinstance(value, float) else "-"
@@ -269,7 +269,7 @@ def search(cfg, base: Path, directory: Path, log=print, resume: bool = False) ->
                            catch=(TrainingError,), callbacks=[after_trial])
     finally:
         optuna.logging.set_verbosity(verbosity)
-    record = ck.read_json(directory / "trials.json")
+    record = files.read_json(directory / "trials.json")
     if record["best"] is None:
         errors = [t["error"] for t in record["trials"] if t.get("error")]
         raise TrainingError(f"no trial of the search finished ({len(record['trials'])} ran)"

@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pretune import files
+from pretune.config import NEUTRAL_KEYS, without_keys
 from pretune.errors import InputError
 from pretune.interop.hf import open_checkpoint
 from pretune.text.labeled import Example, read_examples
-from pretune.training import checkpoint as ck
 from pretune.training import distributed as dist
 from pretune.training.outdir import prepare_out_dir
 
@@ -190,7 +191,7 @@ def write_pseudo_labels(path: Path, task: str, fields: dict, pseudo: list[tuple[
         else:
             row = {text_key: ex.text, **({b_key: ex.text_b} if task == "pair" else {}), label_key: ex.label}
         rows.append({**row, "confidence": round(p, 6)})
-    ck.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    files.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def predict_pool(model_dir: Path, pool: list[Example], batch_size: int, device: str) -> tuple[list[str], list]:
@@ -219,17 +220,15 @@ def _prepare(out: Path, run_record: dict, resume: bool, overwrite: bool) -> list
     """Make `out` ready; returns the rounds already finished (with --resume), else []."""
     if not resume:
         prepare_out_dir(out, run_record, resume=False, overwrite=overwrite)
-        ck.write_json(out / "run.json", run_record)
+        files.write_json(out / "run.json", run_record)
         return []
     if not (out / "run.json").is_file():
         raise InputError("--resume: no self-training run here (no run.json)", path=out)
-    old = ck.read_json(out / "run.json")
-    neutral = ("progress", "device", "log_every", "save_every")
-    if ({s: {k: v for k, v in vals.items() if k not in neutral} for s, vals in old.items()}
-            != {s: {k: v for k, v in vals.items() if k not in neutral} for s, vals in run_record.items()}):
+    old = files.read_json(out / "run.json")
+    if without_keys(old, NEUTRAL_KEYS) != without_keys(run_record, NEUTRAL_KEYS):
         raise InputError("--resume: this directory holds a run with a different config; use the same config or "
                          "another --out", path=out)
-    return ck.read_json(out / RECORD)["rounds"] if (out / RECORD).is_file() else []
+    return files.read_json(out / RECORD)["rounds"] if (out / RECORD).is_file() else []
 
 
 def can_continue(out: Path) -> bool:
@@ -244,7 +243,7 @@ def _install_result(out: Path, round_dir: Path) -> None:
         for f in (round_dir / "model").iterdir():
             shutil.copy2(f, tmp / f.name)
 
-    ck.write_dir_atomic(out / "model", fill)
+    files.write_dir_atomic(out / "model", fill)
     for name in RESULT_FILES:
         (out / name).unlink(missing_ok=True)
         if (round_dir / name).is_file():
@@ -310,15 +309,15 @@ def self_train(sections: dict, resume: bool = False, overwrite: bool = False, so
         row.update(validation=res["best"], validation_metrics=res["validation"], steps=res["steps"],
                    test=headline_metrics(res["test"]) if res["test"] else None, kept=improved)
         rounds.append(row)
-        ck.write_json(out / RECORD, record)
+        files.write_json(out / RECORD, record)
         if not improved:
             break
         kept, best = n, res["best"]
     record["kept_round"] = kept
-    ck.write_json(out / RECORD, record)
+    files.write_json(out / RECORD, record)
     _install_result(out, out / f"round-{kept}")
     final = next(r for r in rounds if r["round"] == kept)
-    test = ck.read_json(out / "test_report.json") if (out / "test_report.json").is_file() else None
+    test = files.read_json(out / "test_report.json") if (out / "test_report.json").is_file() else None
     return {"out": str(out), "metric": metric, "best": final["validation"], "validation": final["validation_metrics"],
             "test": test, "steps": final["steps"], "n_train": len(gold), "n_pseudo": final["n_pseudo"],
             "stopped_early": results[kept]["stopped_early"] if kept in results else None,

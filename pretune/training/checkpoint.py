@@ -7,12 +7,6 @@ safetensors only; the optimizer state is a torch file of tensors and plain conta
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pretune.errors import InputError
+from pretune.files import read_json, write_dir_atomic, write_json
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -32,118 +27,25 @@ FORMAT_VERSION = 1
 REQUIRED_MODEL_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_size")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary file and an atomic rename: readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data) -> None:
-    """Write JSON (indented) atomically."""
-    write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-PAUSE_ENV = "PRETUNE_TEST_CHECKPOINT_PAUSE"  # "stage=seconds": crash tests kill the process inside a write
-
-
-def _pause(stage: str, replacing: bool) -> None:
-    """Test hook: sleep at `stage` (begin | filled | swap) of a write that replaces a directory, when PAUSE_ENV
-    asks for it."""
-    want = os.environ.get(PAUSE_ENV)
-    if replacing and want and want.split("=")[0] == stage:
-        time.sleep(float(want.split("=")[1]))
-
-
-def recover_dir(target: Path) -> None:
-    """Undo a swap cut short by a crash: `target` gone but its previous version still at `.target.old`."""
-    target = Path(target)
-    old = target.with_name(f".{target.name}.old")
-    if not target.exists() and old.is_dir():
-        os.replace(old, target)
-
-
-def write_dir_atomic(target: Path, fill: Callable[[Path], None]) -> None:
-    """Create `target` with `fill(tmp_dir)`, then swap it in. The old `target` survives until the new one is whole.
-
-    A crash at any point leaves `target` or `.target.old` complete (`recover_dir` / `resolve` find the latter).
-    An OSError (disk full, permissions) becomes an InputError naming `target`; the old `target` stays in place."""
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp")
-    old = target.with_name(f".{target.name}.old")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        replacing = target.exists() or old.exists()
-        _pause("begin", replacing)
-        fill(tmp)
-        for f in sorted(tmp.rglob("*")):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        _pause("filled", replacing)
-        recover_dir(target)
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            os.replace(target, old)
-        _pause("swap", replacing)
-        os.replace(tmp, target)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        recover_dir(target)
-        reason = e.strerror or str(e)
-        raise InputError(f"cannot write {target.name}/: {reason}; the previous {target.name}/ (if any) is left "
-                         "as it was", path=target) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(target.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def safe_filename(name: str, max_len: int = 80) -> str:
-    """A file name made from data (a label, a task name) that stays inside its directory: characters other than
-    letters, digits, `.`, `_` and `-` become `_`, leading dots go, and a changed name gets a short hash of the
-    original so that `a/b` and `a_b` stay distinct."""
-    clean = _UNSAFE.sub("_", name).lstrip(".")[:max_len] or "_"
-    if clean != name:
-        clean += "-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
-    return clean
-
-
-def child_path(root: str | Path, name: str) -> Path:
-    """root / name, refusing any `name` that would leave `root` (absolute, `..`, separators, empty)."""
-    root = Path(root)
-    candidate = (root / name).resolve()
-    if not name or name != Path(name).name or name in (".", "..") or candidate.parent != root.resolve():
-        raise InputError(f"refusing the file name {name!r}: it would leave the output directory", path=root)
-    return root / name
-
-
 def save_weights(path: Path, model: torch.nn.Module) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": "pt"})
+
+
+def write_model_files(directory: Path, model: torch.nn.Module, config: dict, tokenizer) -> None:
+    """config.json (+ format_version), model.safetensors and tokenizer.json into `directory`: a usable checkpoint."""
+    write_json(directory / CONFIG, {"format_version": FORMAT_VERSION, **config})
+    save_weights(directory / WEIGHTS, model)
+    tokenizer.save(directory / TOKENIZER)
+
+
+def model_writer(config: dict, tokenizer) -> Callable[[Path, torch.nn.Module], None]:
+    """A `save_model(directory, model)` for the Trainer: writes the model files of `config` and `tokenizer`."""
+
+    def save(directory: Path, model: torch.nn.Module) -> None:
+        write_model_files(directory, model, config, tokenizer)
+
+    return save
 
 
 def save_checkpoint(
@@ -157,9 +59,7 @@ def save_checkpoint(
     """Write a complete checkpoint directory atomically."""
 
     def fill(tmp: Path) -> None:
-        write_json(tmp / CONFIG, {"format_version": FORMAT_VERSION, **config})
-        save_weights(tmp / WEIGHTS, model)
-        tokenizer.save(tmp / TOKENIZER)
+        write_model_files(tmp, model, config, tokenizer)
         if trainer_state is not None:
             write_json(tmp / TRAINER_STATE, trainer_state)
         if optimizer_state is not None:
@@ -216,6 +116,10 @@ class Checkpoint:
             raise InputError(f'"model" lacks the keys {missing}; the checkpoint config is incomplete', path=source)
         return ModelConfig.from_dict(values, str(source))
 
+    def weights(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The tensors under `prefix` (e.g. "body."), with the prefix taken off their names."""
+        return {k[len(prefix):]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
+
     def trainer_state(self) -> dict | None:
         f = self.path / TRAINER_STATE
         return read_json(f) if f.is_file() else None
@@ -228,21 +132,6 @@ class Checkpoint:
             return torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
             raise InputError(f"cannot read optimizer state ({type(e).__name__}): the file is damaged", path=f) from None
-
-
-def read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise InputError("file not found", path=path) from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"invalid JSON: {e.msg}", path=path, line=e.lineno) from None
-    except UnicodeDecodeError:
-        raise InputError("not UTF-8 text", path=path) from None
-    if not isinstance(data, dict):
-        raise InputError("expected a JSON object", path=path)
-    return data
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

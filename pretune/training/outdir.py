@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from pretune import files
+from pretune.config import RESUME_KEYS, without_keys
 from pretune.errors import InputError
-from pretune.training import checkpoint as ck
 from pretune.training import distributed as dist
 
 
@@ -16,16 +17,14 @@ def prepare_out_dir(out: Path, run_record: dict, resume: bool, overwrite: bool) 
     record_file = out / "run.json"
     if resume:
         if dist.is_main():
-            ck.recover_dir(out / "last")  # a crash in the middle of a checkpoint swap
+            files.recover_dir(out / "last")  # a crash in the middle of a checkpoint swap
         dist.barrier()
         if not (out / "last").exists():
             raise InputError("--resume: no checkpoint to resume from (no last/ here)", path=out)
         if record_file.exists():
-            old = ck.read_json(record_file)
-            keep = ("max_steps", "eval_every", "save_every", "log_every", "progress", "device", "eval_batches",
-                    "stop_after", "batch_size", "grad_accum", "fsdp")
+            old = files.read_json(record_file)
             def core(r):
-                return {s: {k: v for k, v in vals.items() if k not in keep} for s, vals in r.items() if s != "launch"}
+                return without_keys({s: v for s, v in r.items() if s != "launch"}, RESUME_KEYS)
             # batch_size / grad_accum may change with the number of ranks; on as many ranks, the global batch may not
             launch_old, launch_new = old.get("launch", {}), run_record.get("launch", {})
             same_world = launch_old.get("world_size", 1) == launch_new.get("world_size", 1)

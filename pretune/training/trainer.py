@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from pretune.errors import InputError
+from pretune.files import recover_dir, write_dir_atomic
 from pretune.training import distributed as dist
-from pretune.training.checkpoint import load_checkpoint, load_into, recover_dir, write_dir_atomic
+from pretune.training.checkpoint import load_checkpoint, load_into
 
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -1,0 +1,177 @@
+"""Files written so that a crash never leaves half of one, and the readers that go with them.
+
+One atomic writer (`write_atomic`: a temporary file beside the target, fsync, rename) serves every text, JSON and
+output file; `write_dir_atomic` does the same for a whole directory (checkpoints). `read_metrics` is the one reader of
+a run's `metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from pretune.errors import InputError
+
+METRICS_LOG = "metrics.jsonl"
+
+
+def write_atomic(path: str | Path, write: Callable[[IO], None], binary: bool = False) -> None:
+    """Create or replace `path` with what `write(file)` writes, through a temporary file beside it, fsync and an
+    atomic rename: readers (and a crash) see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    write_atomic(path, lambda f: f.write(text))
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON (indented) atomically."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+PAUSE_ENV = "PRETUNE_TEST_CHECKPOINT_PAUSE"  # "stage=seconds": crash tests kill the process inside a write
+
+
+def _pause(stage: str, replacing: bool) -> None:
+    """Test hook: sleep at `stage` (begin | filled | swap) of a write that replaces a directory, when PAUSE_ENV
+    asks for it."""
+    want = os.environ.get(PAUSE_ENV)
+    if replacing and want and want.split("=")[0] == stage:
+        time.sleep(float(want.split("=")[1]))
+
+
+def recover_dir(target: Path) -> None:
+    """Undo a swap cut short by a crash: `target` gone but its previous version still at `.target.old`."""
+    target = Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if not target.exists() and old.is_dir():
+        os.replace(old, target)
+
+
+def write_dir_atomic(target: Path, fill: Callable[[Path], None]) -> None:
+    """Create `target` with `fill(tmp_dir)`, then swap it in. The old `target` survives until the new one is whole.
+
+    A crash at any point leaves `target` or `.target.old` complete (`recover_dir` / `resolve` find the latter).
+    An OSError (disk full, permissions) becomes an InputError naming `target`; the old `target` stays in place."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    old = target.with_name(f".{target.name}.old")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        replacing = target.exists() or old.exists()
+        _pause("begin", replacing)
+        fill(tmp)
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        _pause("filled", replacing)
+        recover_dir(target)
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        _pause("swap", replacing)
+        os.replace(tmp, target)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        recover_dir(target)
+        reason = e.strerror or str(e)
+        raise InputError(f"cannot write {target.name}/: {reason}; the previous {target.name}/ (if any) is left "
+                         "as it was", path=target) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_filename(name: str, max_len: int = 80) -> str:
+    """A file name made from data (a label, a task name) that stays inside its directory: characters other than
+    letters, digits, `.`, `_` and `-` become `_`, leading dots go, and a changed name gets a short hash of the
+    original so that `a/b` and `a_b` stay distinct."""
+    clean = _UNSAFE.sub("_", name).lstrip(".")[:max_len] or "_"
+    if clean != name:
+        clean += "-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return clean
+
+
+def child_path(root: str | Path, name: str) -> Path:
+    """root / name, refusing any `name` that would leave `root` (absolute, `..`, separators, empty)."""
+    root = Path(root)
+    candidate = (root / name).resolve()
+    if not name or name != Path(name).name or name in (".", "..") or candidate.parent != root.resolve():
+        raise InputError(f"refusing the file name {name!r}: it would leave the output directory", path=root)
+    return root / name
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise InputError("file not found", path=path) from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"invalid JSON: {e.msg}", path=path, line=e.lineno) from None
+    except UnicodeDecodeError:
+        raise InputError("not UTF-8 text", path=path) from None
+    if not isinstance(data, dict):
+        raise InputError("expected a JSON object", path=path)
+    return data
+
+
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a training log: `path` is a run directory (its metrics.jsonl) or the log itself. A missing
+    log is empty; a line that is not JSON (a write cut short by a crash) is skipped."""
+    path = Path(path)
+    log = path / METRICS_LOG if path.is_dir() else path
+    if not log.is_file():
+        return []
+    records = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
