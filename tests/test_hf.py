@@ -18,7 +18,8 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers 
 
 from pretune.cli import main  # noqa: E402
 from pretune.errors import InputError  # noqa: E402
-from pretune.interop.hf import export_hf, import_folder, load_hf_tokenizer, open_checkpoint, supported  # noqa: E402
+from pretune.interop.hf import import_folder, load_hf_tokenizer, open_checkpoint, supported  # noqa: E402
+from pretune.interop.hf_export import export_hf  # noqa: E402
 from pretune.model.heads import MLMHead  # noqa: E402
 from pretune.model.transformer import PRESETS, ModelConfig  # noqa: E402
 from pretune.pretrain.objectives import PretrainModel  # noqa: E402

@@ -8,9 +8,7 @@ character offsets into the original text (for `encode_words`: into each word).
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,6 +28,8 @@ from tokenizers import (
 )
 
 from pretune.errors import InputError
+from pretune.files import write_text
+from pretune.text.hf_tokenizer import is_hf_folder, read_hf_tokenizer, read_text, read_tokenizer_json
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 when trained
 KINDS = ("wordpiece", "bpe", "bytelevel-bpe", "unigram", "char")
@@ -137,16 +137,7 @@ class PretuneTokenizer:
         target = Path(path)
         if target.is_dir():
             target = target / "tokenizer.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "x", encoding="utf-8") as f:
-                f.write(self.inner.to_str(pretty=True))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_text(target, self.inner.to_str(pretty=True))
 
     @classmethod
     def load(cls, path: str | Path, lowercase: bool | None = None) -> PretuneTokenizer:
@@ -157,9 +148,7 @@ class PretuneTokenizer:
         """
         p = Path(path)
         hf_dir = p if p.is_dir() else p.parent
-        if (p.is_dir() or p.name in ("tokenizer.json", "vocab.txt")) and _is_hf_folder(hf_dir):
-            from pretune.interop.hf import load_hf_tokenizer  # built as transformers' AutoTokenizer builds it
-
+        if (p.is_dir() or p.name in ("tokenizer.json", "vocab.txt")) and is_hf_folder(hf_dir):
             return load_hf_tokenizer(hf_dir)
         if p.is_dir():
             if (p / "tokenizer.json").is_file():
@@ -174,39 +163,21 @@ class PretuneTokenizer:
             raise InputError(
                 "tokenizer file not found: expected a tokenizer.json, a vocab.txt or a directory", path=p
             )
-        inner = _read_tokenizer_json(p) if p.suffix.lower() == ".json" else _read_vocab_txt(p, lowercase)
+        inner = read_tokenizer_json(p) if p.suffix.lower() == ".json" else _read_vocab_txt(p, lowercase)
         return cls(inner, source=p)
 
 
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _read_tokenizer_json(path: Path) -> Tokenizer:
-    text = _read_text(path)
-    try:
-        json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(
-            f"invalid JSON ({e.msg}); expected a tokenizers tokenizer.json", path=path, line=e.lineno
-        ) from e
-    try:
-        tok = Tokenizer.from_str(text)
-    except Exception as e:  # the Rust side raises a bare Exception
-        raise InputError(f"not a tokenizers tokenizer.json: {e}", path=path) from e
-    tok.no_truncation()  # Hugging Face files may carry truncation / fixed padding; pretune frames sequences itself
-    tok.no_padding()
-    return tok
-
-
-def _is_hf_folder(path: Path) -> bool:
-    from pretune.interop.hf import is_hf_folder
-
-    return is_hf_folder(path)
+def load_hf_tokenizer(path: str | Path) -> PretuneTokenizer:
+    """The tokenizer of a Hugging Face model folder, built the way `transformers`' AutoTokenizer builds it."""
+    return PretuneTokenizer(read_hf_tokenizer(path), source=Path(path))
 
 
 def _read_vocab_txt(path: Path, lowercase: bool | None) -> Tokenizer:
     """A BERT WordPiece vocabulary: one token per line, the line number (from 0) is the id."""
-    lines = _read_text(path).split("\n")
+    lines = read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the final newline
     vocab: dict[str, int] = {}
@@ -238,15 +209,6 @@ def _read_vocab_txt(path: Path, lowercase: bool | None) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix=CONTINUING_PREFIX, cleanup=True)
     return tok
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from e
-    except OSError as e:
-        raise InputError(f"cannot read file: {e.strerror}", path=path) from e
 
 
 def _find_specials(inner: Tokenizer, source: str | Path | None) -> SpecialIds:

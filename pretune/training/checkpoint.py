@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from pretune.errors import InputError
 from pretune.files import read_json, write_dir_atomic, write_json
+from pretune.model.transformer import ModelConfig
+from pretune.text.tokenizer import PretuneTokenizer
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -27,19 +29,22 @@ FORMAT_VERSION = 1
 REQUIRED_MODEL_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_size")
 
 
-def save_weights(path: Path, model: torch.nn.Module) -> None:
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt"})
+def save_weights(path: Path, model: torch.nn.Module | dict[str, torch.Tensor]) -> None:
+    """model.safetensors from a model (its state_dict) or a state dict."""
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path), metadata={"format": "pt"})
 
 
-def write_model_files(directory: Path, model: torch.nn.Module, config: dict, tokenizer) -> None:
-    """config.json (+ format_version), model.safetensors and tokenizer.json into `directory`: a usable checkpoint."""
+def write_model_files(directory: Path, model: torch.nn.Module | dict[str, torch.Tensor], config: dict,
+                      tokenizer: PretuneTokenizer) -> None:
+    """config.json (+ format_version), model.safetensors and tokenizer.json into `directory`: a usable checkpoint.
+    `model` is a model or its state dict (a converted Hugging Face folder)."""
     write_json(directory / CONFIG, {"format_version": FORMAT_VERSION, **config})
     save_weights(directory / WEIGHTS, model)
     tokenizer.save(directory / TOKENIZER)
 
 
-def model_writer(config: dict, tokenizer) -> Callable[[Path, torch.nn.Module], None]:
+def model_writer(config: dict, tokenizer: PretuneTokenizer) -> Callable[[Path, torch.nn.Module], None]:
     """A `save_model(directory, model)` for the Trainer: writes the model files of `config` and `tokenizer`."""
 
     def save(directory: Path, model: torch.nn.Module) -> None:
@@ -52,7 +57,7 @@ def save_checkpoint(
     directory: str | Path,
     model: torch.nn.Module,
     config: dict,
-    tokenizer,
+    tokenizer: PretuneTokenizer,
     trainer_state: dict | None = None,
     optimizer_state: dict | None = None,
 ) -> None:
@@ -90,11 +95,9 @@ class Checkpoint:
     path: Path
     config: dict
     state_dict: dict[str, torch.Tensor]
-    loaded_tokenizer: object | None = None  # set when the checkpoint was converted in memory (Hugging Face folder)
+    loaded_tokenizer: PretuneTokenizer | None = None  # set when converted in memory (a Hugging Face folder)
 
-    def tokenizer(self):
-        from pretune.text.tokenizer import PretuneTokenizer
-
+    def tokenizer(self) -> PretuneTokenizer:
         if self.loaded_tokenizer is not None:
             return self.loaded_tokenizer
         file = self.path / TOKENIZER
@@ -102,10 +105,8 @@ class Checkpoint:
             raise InputError(f"checkpoint has no {TOKENIZER}: it cannot encode text", path=self.path)
         return PretuneTokenizer.load(file)
 
-    def model_config(self):
+    def model_config(self) -> ModelConfig:
         """The `model` object of config.json as a validated ModelConfig; the architecture keys are required."""
-        from pretune.model.transformer import ModelConfig
-
         source = self.path / CONFIG
         values = self.config.get("model")
         if not isinstance(values, dict):
