@@ -134,7 +134,8 @@ def test_attention_with_dropout_is_sdpa_without_dropout():
 def test_training_speed_settings():
     import torch
 
-    from pretune.training.trainer import TrainConfig, adamw, cpu_has_bf16, use_bf16
+    from pretune.training.config import TrainConfig, cpu_has_bf16, use_bf16
+    from pretune.training.optim import adamw
 
     w = torch.nn.Parameter(torch.zeros(3))
     assert adamw([{"params": [w]}], TrainConfig(), torch.device("cpu")).defaults["fused"] is True

@@ -222,7 +222,9 @@ def test_inf_loss_with_on_nan_skip_skips_the_batch_and_counts_it(shards, tmp_pat
 
 def test_skipped_step_leaves_the_weights_alone():
     """Loop level: the poisoned step changes no parameter, the others do; the schedule still advances."""
-    from pretune.training.trainer import BatchSource, TrainConfig, Trainer
+    from pretune.training.batches import BatchSource
+    from pretune.training.config import TrainConfig
+    from pretune.training.trainer import Trainer
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
@@ -239,7 +241,7 @@ def test_skipped_step_leaves_the_weights_alone():
     cfg = TrainConfig(max_steps=3, batch_size=8, lr=0.1, warmup_steps=0, on_nan="skip", progress=False,
                       device="cpu", save_every=100, eval_every=100)
     trainer = Trainer(model, cfg, Path("/nonexistent-never-written"), batches=BatchSource(data, 8, collate),
-                      loss_fn=loss_fn, save_model=lambda d, m: None, model_config={})
+                      loss_fn=loss_fn, save_model=lambda d, m: None)
     for _ in range(3):
         trainer._train_step({})
         snapshots.append(model.weight.detach().clone())

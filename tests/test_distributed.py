@@ -157,7 +157,7 @@ def test_torchrun_one_process_checkpoint_resumes_on_two_fsdp_ranks(shards, singl
 def test_resume_with_another_global_batch_continues_after_the_items_seen(shards, tmp_path):
     """A world-size change with the same per-rank batch changes the global batch: the epoch goes on from the
     items already consumed (no item repeated or skipped), cut into the new batch size."""
-    from pretune.training.trainer import BatchSource
+    from pretune.training.batches import BatchSource
 
     data = list(range(100))
     collate = lambda items, gen: {"input_ids": torch.tensor(items)[:, None]}  # noqa: E731
@@ -176,7 +176,7 @@ def test_resume_with_another_global_batch_continues_after_the_items_seen(shards,
 def test_local_rows_partition_the_global_batch(monkeypatch):
     """Rank r keeps rows r, r + world, ...: together the ranks hold the global batch exactly once."""
     from pretune.training import distributed as dist
-    from pretune.training.trainer import BatchSource
+    from pretune.training.batches import BatchSource
 
     batch = {"input_ids": torch.arange(10).view(5, 2), "labels": torch.arange(5), "note": "kept"}
     parts = []

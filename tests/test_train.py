@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pretune.cli import main
-from pretune.training.trainer import TrainConfig, lr_lambda
+from pretune.training.config import TrainConfig
+from pretune.training.optim import lr_lambda
 
 
 def test_schedules_warm_up_then_decay():

