@@ -157,8 +157,6 @@ def read_json(path: Path) -> dict:
     return data
 
 
-
-
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a training log: `path` is a run directory (its metrics.jsonl) or the log itself. A missing
     log is empty; a line that is not JSON (a write cut short by a crash) is skipped."""

@@ -13,15 +13,22 @@ from tokenizers import Tokenizer, processors
 from pretune import files
 from pretune.errors import InputError
 from pretune.interop.hf import check_target, open_checkpoint
-from pretune.interop.hf_rules import BASE_PREFIX, body_rules, head_rules, to_theirs
+from pretune.interop.hf_rules import ACTIVATIONS_OUT, BASE_PREFIX, body_rules, head_rules, to_theirs
 from pretune.model.transformer import ModelConfig
+from pretune.text.tokenizer import PretuneTokenizer
 from pretune.training import checkpoint as ck
 
 EXPORT_FAMILIES = ("bert", "roberta", "gpt2")
-ACTIVATIONS_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+ARCHITECTURES = {
+    ("bert", "mlm"): "BertForMaskedLM", ("bert", "body"): "BertModel", ("bert", "pretraining"): "BertForPreTraining",
+    ("bert", "classify"): "BertForSequenceClassification", ("bert", "tag"): "BertForTokenClassification",
+    ("roberta", "mlm"): "RobertaForMaskedLM", ("roberta", "body"): "RobertaModel",
+    ("roberta", "classify"): "RobertaForSequenceClassification", ("roberta", "tag"): "RobertaForTokenClassification",
+    ("gpt2", "lm"): "GPT2LMHeadModel",
+}
 
 
-def _tokenizer_files(tok, cfg: ModelConfig, family: str, out: Path) -> None:
+def _tokenizer_files(tok: PretuneTokenizer, cfg: ModelConfig, family: str, out: Path) -> None:
     """tokenizer.json (+ vocab.txt or vocab.json/merges.txt) and tokenizer_config.json for `transformers`.
 
     Encoders get a post-processor framing text as pretune does ([CLS] A [SEP] B [SEP]); GPT-2 adds nothing."""
@@ -91,7 +98,7 @@ def _bert_pipeline(data: dict) -> bool:
             and not plain_added)
 
 
-def _export_family(cfg: ModelConfig, tok, family: str, path: Path) -> str:
+def _export_family(cfg: ModelConfig, tok: PretuneTokenizer, family: str, path: Path) -> str:
     if family == "auto":
         if cfg.causal:
             family = "gpt2"
@@ -110,7 +117,8 @@ def _export_family(cfg: ModelConfig, tok, family: str, path: Path) -> str:
     return family
 
 
-def hf_config(cfg: ModelConfig, family: str, architecture: str, tok, labels: list[str] | None) -> dict:
+def hf_config(cfg: ModelConfig, family: str, architecture: str, tok: PretuneTokenizer,
+              labels: list[str] | None) -> dict:
     """config.json for `transformers`."""
     s = tok.specials
     if family == "gpt2":
@@ -139,15 +147,6 @@ def hf_config(cfg: ModelConfig, family: str, architecture: str, tok, labels: lis
         out["id2label"] = {str(i): name for i, name in enumerate(labels)}
         out["label2id"] = {name: i for i, name in enumerate(labels)}
     return out
-
-
-ARCHITECTURES = {
-    ("bert", "mlm"): "BertForMaskedLM", ("bert", "body"): "BertModel", ("bert", "pretraining"): "BertForPreTraining",
-    ("bert", "classify"): "BertForSequenceClassification", ("bert", "tag"): "BertForTokenClassification",
-    ("roberta", "mlm"): "RobertaForMaskedLM", ("roberta", "body"): "RobertaModel",
-    ("roberta", "classify"): "RobertaForSequenceClassification", ("roberta", "tag"): "RobertaForTokenClassification",
-    ("gpt2", "lm"): "GPT2LMHeadModel",
-}
 
 
 def export_hf(checkpoint: str | Path, out: str | Path, family: str = "auto", overwrite: bool = False) -> list[str]:
@@ -205,8 +204,8 @@ def export_hf(checkpoint: str | Path, out: str | Path, family: str = "auto", ove
     config = hf_config(cfg, family, ARCHITECTURES[(family, kind)], tok, labels)
 
     def fill(tmp: Path) -> None:
-        files.write_json(tmp / "config.json", config)
-        save_file(theirs, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        files.write_json(tmp / ck.CONFIG, config)
+        save_file(theirs, str(tmp / ck.WEIGHTS), metadata={"format": "pt"})
         _tokenizer_files(tok, cfg, family, tmp)
 
     files.write_dir_atomic(out, fill)

@@ -21,6 +21,7 @@ from pretune.model.transformer import ModelConfig
 FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "distilbert": "distilbert", "gpt2": "gpt2"}
 BASE_PREFIX = {"bert": "bert.", "roberta": "roberta.", "distilbert": "distilbert.", "gpt2": "transformer."}
 ACTIVATIONS_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+ACTIVATIONS_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 TIED_DECODER = {
     "bert": "cls.predictions.decoder.weight",
     "roberta": "lm_head.decoder.weight",
@@ -31,8 +32,8 @@ IGNORED_SUFFIXES = (".position_ids", ".attn.bias", ".attn.masked_bias")  # buffe
 
 
 def supported() -> str:
+    """The model types pretune imports, for messages."""
     return ", ".join(sorted(FAMILIES))
-
 
 
 @dataclass(frozen=True)

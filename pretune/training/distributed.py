@@ -20,6 +20,8 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from pretune.model.transformer import Block
+
 
 def world_size() -> int:
     return tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
@@ -97,8 +99,6 @@ def wrap(module: LossModule, device: torch.device, fsdp: bool = False) -> nn.Mod
     if fsdp:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
-
-        from pretune.model.transformer import Block
 
         mesh = init_device_mesh(device.type, (world_size(),))
         for sub in module.modules():
