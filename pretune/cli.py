@@ -47,7 +47,7 @@ def cmd_tokenizer_show(args) -> None:
 
 # ---- prepare --------------------------------------------------------------------------------------------------------
 def cmd_prepare(args) -> None:
-    from pretune.text.corpus import prepare_corpus
+    from pretune.pretrain.shards import prepare_corpus
     from pretune.text.tokenizer import PretuneTokenizer
     from pretune.training.checkpoint import TOKENIZER
 
