@@ -185,7 +185,6 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
         batches=batches,
         loss_fn=objective.loss,
         save_model=ck.model_writer(model_files, tok),
-        model_config=cfg.to_dict(),
         evaluate=evaluator(objective, val_data, tcfg.batch_size, tcfg.eval_batches, tcfg.seed, device),
         summarize=objective.summarize,
         loss_weight=getattr(objective, "loss_weight", label_count),  # masked tokens: the unit the loss averages
