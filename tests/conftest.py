@@ -36,7 +36,7 @@ def wordnet_corpus(root: Path, lines: int) -> tuple[Path, list[str]]:
 def wordnet_shards(root: Path, lines: int, vocab_size: int):
     """root/corpus.txt (the first `lines` WordNet lines), a lowercase WordPiece tokenizer trained on them and
     root/shards (10% validation, tokenizer.json inside). Returns (tokenizer, lines, corpus path)."""
-    from pretune.text.corpus import prepare_corpus
+    from pretune.pretrain.shards import prepare_corpus
     from pretune.text.tokenizer import train_tokenizer
 
     corpus, head = wordnet_corpus(root, lines)

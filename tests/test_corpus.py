@@ -1,4 +1,4 @@
-"""Tests for pretune.text.corpus: reading raw corpora, token shards, packed sequences."""
+"""Tests for pretune.text.corpus (reading raw corpora) and pretune.pretrain.shards (token shards, packed sequences)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,8 @@ import numpy as np
 import pytest
 
 from pretune.errors import InputError
-from pretune.text.corpus import (
-    FORMATS,
-    PackedSequences,
-    TokenShards,
-    detect_format,
-    iter_corpus,
-    iter_documents,
-    prepare_corpus,
-)
+from pretune.pretrain.shards import PackedSequences, TokenShards, prepare_corpus
+from pretune.text.corpus import FORMATS, detect_format, iter_corpus, iter_documents
 
 # ----------------------------------------------------------------------------------------------- helpers
 

@@ -30,8 +30,8 @@ from pretune.pretrain.objectives import (
     special_mask,
     word_index,
 )
+from pretune.pretrain.shards import PackedSequences, TokenShards, prepare_corpus
 from pretune.pretrain.stage import PretrainSection
-from pretune.text.corpus import PackedSequences, TokenShards, prepare_corpus
 from pretune.text.tokenizer import PretuneTokenizer, train_tokenizer
 
 

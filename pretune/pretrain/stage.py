@@ -13,12 +13,20 @@ from pretune.errors import InputError
 from pretune.interop.hf import open_checkpoint
 from pretune.model.transformer import PRESETS, ModelConfig, describe
 from pretune.pretrain.objectives import OBJECTIVES, Objective, PretrainModel, Specials, build_objective
+from pretune.pretrain.shards import TokenShards, tokenizer_hash
 from pretune.pretrain.vocab import extend_vocabulary, read_word_list
-from pretune.text.corpus import TokenShards
+from pretune.text.tokenizer import PretuneTokenizer
 from pretune.training import checkpoint as ck
 from pretune.training import distributed as dist
 from pretune.training.outdir import prepare_out_dir
-from pretune.training.trainer import BatchSource, TrainConfig, Trainer, label_count, seed_everything
+from pretune.training.trainer import (
+    BatchSource,
+    TrainConfig,
+    Trainer,
+    label_count,
+    resolve_device,
+    seed_everything,
+)
 
 
 @dataclass
@@ -90,19 +98,6 @@ def build_model_config(section: PretrainSection, model_values: dict, tok, object
     return cfg
 
 
-def model_files_writer(cfg: ModelConfig, objective: Objective, tok, extra: dict | None = None):
-    """A `save_model(dir, model)` for the trainer: config.json, model.safetensors, tokenizer.json."""
-
-    def save(directory: Path, model: torch.nn.Module) -> None:
-        config = {"model": cfg.to_dict(), "objective": objective.name, "heads": sorted(model.heads.keys()),
-                  **(extra or {})}
-        files.write_json(directory / ck.CONFIG, {"format_version": ck.FORMAT_VERSION, **config})
-        ck.save_weights(directory / ck.WEIGHTS, model)
-        tok.save(directory / ck.TOKENIZER)
-
-    return save
-
-
 def evaluator(objective: Objective, dataset, batch_size: int, max_batches: int, seed: int, device):
     """Validation over a fixed set of items with fixed masking, so numbers are comparable across steps. Batches are
     global (batch_size x world, each rank scores its rows) and masked from a seed per batch, so the numbers are the
@@ -139,8 +134,6 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     val_shards = TokenShards(shards_dir, "validation")
     init = open_checkpoint(sec.init_from) if sec.init_from else None
     tok_source = init.path if init is not None else shards_dir
-    from pretune.text.tokenizer import PretuneTokenizer
-
     tok = PretuneTokenizer.load(tok_source / ck.TOKENIZER)
     objective_cls = OBJECTIVES[sec.objective]
     objective = build_objective(sec.objective, Specials.from_tokenizer(tok), **sec.objective_options(objective_cls))
@@ -167,7 +160,7 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
                 print(f"vocabulary: {tok.vocab_size - old_size} tokens added from {sec.add_tokens} "
                       f"({tok.vocab_size} in all)")
     shard_hash = train_shards.meta.get("tokenizer_sha256")
-    if shard_hash and shard_hash != _tokenizer_hash(tok):
+    if shard_hash and shard_hash != tokenizer_hash(tok):
         if sec.add_tokens:
             raise InputError("the shards were not made with this run's tokenizer (the checkpoint's, extended with "
                              f"{sec.add_tokens}); write it with `pretune vocab extend {init.path} {sec.add_tokens} "
@@ -185,24 +178,19 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     train_data = objective.dataset(train_shards, sec.max_len)
     val_data = objective.dataset(val_shards, sec.max_len)
     batches = BatchSource(train_data, tcfg.batch_size, objective.collate, seed=tcfg.seed)
-    save = model_files_writer(cfg, objective, tok)
+    model_files = {"model": cfg.to_dict(), "objective": objective.name, "heads": sorted(model.heads.keys())}
+    device = resolve_device(tcfg.device)  # the device the Trainer moves the model to
     trainer = Trainer(
         model, tcfg, out,
         batches=batches,
         loss_fn=objective.loss,
-        save_model=save,
-        model_config=cfg.to_dict(),
+        save_model=ck.model_writer(model_files, tok),
+        evaluate=evaluator(objective, val_data, tcfg.batch_size, tcfg.eval_batches, tcfg.seed, device),
         summarize=objective.summarize,
         loss_weight=getattr(objective, "loss_weight", label_count),  # masked tokens: the unit the loss averages
     )
-    trainer.evaluate_fn = evaluator(objective, val_data, tcfg.batch_size, tcfg.eval_batches, tcfg.seed, trainer.device)
     result = trainer.fit(resume=resume)
     if dist.is_main():
         print(json.dumps({"step": result["step"], "validation": result["validation"]}))
     return result
 
-
-def _tokenizer_hash(tok) -> str:
-    import hashlib
-
-    return hashlib.sha256(tok.inner.to_str().encode("utf-8")).hexdigest()

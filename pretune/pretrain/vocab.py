@@ -112,34 +112,3 @@ def extend_vocabulary(model: nn.Module, tok, words: list[str]) -> ModelConfig:
         model.config = new_cfg
     return new_cfg
 
-
-# ---- CLI ------------------------------------------------------------------------------------------------------------
-def cmd_vocab_extend(args) -> None:
-    from pretune.text.tokenizer import PretuneTokenizer
-
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise InputError("already exists; pass --overwrite to replace it", path=out)
-    source = Path(args.tokenizer)
-    if source.is_dir() and not any((source / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
-        from pretune.training.checkpoint import resolve
-
-        source = resolve(source)  # a run directory: its model/ (or best/, last/)
-    tok = PretuneTokenizer.load(source)
-    before = tok.vocab_size
-    words = read_word_list(args.words)
-    tok.add_tokens(list(new_words(tok, words)))
-    tok.save(out)
-    print(f"{tok.vocab_size - before} of {len(words)} words added: {tok.vocab_size} tokens -> {out}")
-
-
-def register_cli(subparsers) -> None:
-    """`pretune vocab extend TOKENIZER WORDS --out FILE`."""
-    v = subparsers.add_parser("vocab", help="extend a tokenizer with domain words")
-    v_sub = v.add_subparsers(dest="vocab_command", required=True, metavar="ACTION")
-    e = v_sub.add_parser("extend", help="add words (one per line) to a tokenizer, as pretrain --add-tokens will")
-    e.add_argument("tokenizer", help="tokenizer.json, vocab.txt or a checkpoint directory")
-    e.add_argument("words", help="word list: one word per line, '#' comments")
-    e.add_argument("--out", required=True, help="tokenizer.json to write")
-    e.add_argument("--overwrite", action="store_true")
-    e.set_defaults(func=cmd_vocab_extend)

@@ -1,0 +1,106 @@
+"""Masked language modelling: BERT's MLM (15% of tokens, 80% [MASK] / 10% random / 10% unchanged) and whole-word
+masking (words chosen until ~15% of tokens are covered, all pieces of a word together).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pretune.errors import InputError
+from pretune.model.heads import MLMHead
+from pretune.model.transformer import ModelConfig
+from pretune.pretrain.objectives.base import (
+    Objective,
+    Specials,
+    corrupt,
+    mlm_loss,
+    pad_sequences,
+    register,
+    special_mask,
+    word_index,
+)
+
+MASK_OPTIONS = ("mask_prob", "mask_ratio", "random_ratio")
+
+@register
+class MaskedLM(Objective):
+    """Masked LM: 15% of non-special tokens selected, of those 80% [MASK], 10% random, 10% kept."""
+
+    name = "mlm"
+    options = MASK_OPTIONS
+
+    def __init__(self, specials: Specials, mask_prob: float = 0.15, mask_ratio: float = 0.8, random_ratio: float = 0.1):
+        super().__init__(specials)
+        if specials.mask is None:
+            raise InputError("the tokenizer has no [MASK] token, so masked-LM objectives cannot be used")
+        if not 0 < mask_prob < 1 or mask_ratio < 0 or random_ratio < 0 or mask_ratio + random_ratio > 1:
+            raise InputError("mask_prob must be in (0, 1), mask_ratio and random_ratio >= 0 with a sum <= 1")
+        self.mask_prob, self.mask_ratio, self.random_ratio = mask_prob, mask_ratio, random_ratio
+        self._regular = specials.regular_ids()
+
+    def heads(self, cfg: ModelConfig) -> dict[str, nn.Module]:
+        return {"mlm": MLMHead(cfg)}
+
+    def stack(self, items: list) -> dict[str, torch.Tensor]:
+        return pad_sequences(items, self.specials.pad)
+
+    def select(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+        """Which positions to predict: each non-special token with probability mask_prob."""
+        ids = batch["input_ids"]
+        candidates = ~special_mask(ids, self.specials.special_ids)
+        return candidates & (torch.rand(ids.shape, generator=gen) < self.mask_prob)
+
+    def units(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Groups of tokens corrupted as one (None: each token on its own)."""
+        return None
+
+    def collate(self, items, gen):
+        batch = self.stack(items)
+        selected = self.select(batch, gen)
+        batch["input_ids"], batch["labels"] = corrupt(
+            batch["input_ids"], selected, gen, self.specials.mask, self._regular, self.mask_ratio, self.random_ratio,
+            units=self.units(batch),
+        )
+        del batch["word_starts"]
+        return batch
+
+    def loss(self, model, batch):
+        out = model.body(batch["input_ids"], attention_mask=batch.get("attention_mask"))
+        return mlm_loss(model, out.last_hidden_state, batch["labels"])
+
+
+@register
+class WholeWordMLM(MaskedLM):
+    """Whole-word masking: words (in random order) are chosen until about mask_prob of the non-special tokens are
+    covered; every piece of a chosen word is predicted. The 80/10/10 choice is made once per word, so a word is
+    never half [MASK], half visible."""
+
+    name = "wwm"
+
+    def _words(self, batch):
+        ids = batch["input_ids"]
+        special = special_mask(ids, self.specials.special_ids)
+        return special, word_index(batch["word_starts"], special)
+
+    def select(self, batch, gen):
+        ids = batch["input_ids"]
+        B, T = ids.shape
+        special, wid = self._words(batch)
+        regular = (~special).long()
+        lengths = torch.zeros(B, T, dtype=torch.long).scatter_add_(1, wid, torch.ones_like(wid))  # tokens per word
+        eligible = torch.zeros(B, T, dtype=torch.long).scatter_add_(1, wid, regular) > 0  # regular words
+        budget = self.mask_prob * regular.sum(1, keepdim=True).float()  # [B, 1]
+        keys = torch.rand(B, T, generator=gen).masked_fill(~eligible, 2.0)
+        order = keys.argsort(1)  # eligible words first, in random order
+        ok = eligible.gather(1, order)
+        size = lengths.gather(1, order) * ok
+        total = size.cumsum(1).float()
+        before = total - size
+        # take words while the total stays within budget, plus the one crossing it when that lands closer
+        take = ok & ((total <= budget) | ((before < budget) & (total - budget < budget - before)))
+        chosen = torch.zeros(B, T, dtype=torch.bool).scatter_(1, order, take)
+        return chosen.gather(1, wid) & ~special
+
+    def units(self, batch):
+        return self._words(batch)[1]
