@@ -8,7 +8,8 @@ sees the same ones), once as they are and once noised: a fraction `uda_mask_prob
 
 where p_clean is the prediction on the clean text (eval mode, no gradient), sharpen(p) = softmax(logits /
 uda_temperature), and mask keeps only the items whose clean prediction has probability >= uda_threshold. For tagging
-each word is an item. Classify, pair and tag; the pool is read like self-training's (`pool.read_pool`).
+each word is an item. Classify, pair and tag; the pool is read like self-training's (`pool.read_pool`). `build`
+makes the term a [finetune] section asks for.
 """
 
 from __future__ import annotations

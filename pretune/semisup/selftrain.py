@@ -109,7 +109,7 @@ def pseudo_label(task: str, labels: list[str], pool: list[Example], merged: list
     raise InputError(f"self-training supports the tasks {', '.join(POOL_TASKS)}, not {task!r}")
 
 
-# ---- pseudo labels on disk, the teacher's predictions -----------------------------------------------------------
+# ---- pseudo labels on disk, the teacher's predictions ----------------------------------------------------------------
 def write_pseudo_labels(path: Path, task: str, fields: dict, pseudo: list[tuple[Example, float]]) -> None:
     """JSONL of pseudo-labelled examples, readable by `read_examples` with `fields` (plus their "confidence")."""
     text_key = fields.get("text_field") or ("text_a" if task == "pair" else "text")
