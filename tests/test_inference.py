@@ -13,7 +13,9 @@ import torch
 from pretune.cli import main
 from pretune.errors import InputError
 from pretune.finetune import stage as ft
-from pretune.use import inference as inf
+from pretune.use.embed import embed, load_body
+from pretune.use.explain import PAIR_SEPARATOR, explain, explain_ansi, explain_full, explain_html
+from pretune.use.predict import predict
 
 TEXTS = ["a fish that swims in the sea", "a tool", "a person who teaches children to read and write well",
          "a large tree with hard wood", "the sea"]
@@ -61,8 +63,8 @@ def run_cli(args, capsys):
 # ---- predict ---------------------------------------------------------------------------------------------------------
 def test_predict_classify_probabilities_and_order(models):
     loaded = ft.load_task_model(models["classify"])
-    batched = inf.predict(loaded, TEXTS, batch_size=2)  # length-grouped batches, padded
-    one_by_one = [inf.predict(loaded, [t], batch_size=1)[0] for t in TEXTS]
+    batched = predict(loaded, TEXTS, batch_size=2)  # length-grouped batches, padded
+    one_by_one = [predict(loaded, [t], batch_size=1)[0] for t in TEXTS]
     assert [p["label"] for p in batched] == [p["label"] for p in one_by_one]
     for a, b in zip(batched, one_by_one, strict=True):
         assert set(a["probs"]) == {"animal", "other"}
@@ -73,24 +75,24 @@ def test_predict_classify_probabilities_and_order(models):
 
 
 def test_predict_pair_and_bad_pair_input(models):
-    preds = inf.predict(models["pair"], [("a tool", "a tool"), {"text_a": "the sea", "text_b": "a tool"}])
+    preds = predict(models["pair"], [("a tool", "a tool"), {"text_a": "the sea", "text_b": "a tool"}])
     assert len(preds) == 2 and all(set(p["probs"]) == {"diff", "same"} for p in preds)
     with pytest.raises(InputError, match="expected two texts"):
-        inf.predict(models["pair"], ["only one text"])
+        predict(models["pair"], ["only one text"])
 
 
 def test_predict_tag_merges_windows_per_word(models):
     words = "a fish swims and the sea is a sea and a fish".split()
-    (pred,) = inf.predict(models["tag"], [words])
+    (pred,) = predict(models["tag"], [words])
     assert len(pred["tags"]) == len(words) == len(pred["probs"])  # max_len 8: the sentence spans several windows
     assert all(t in ("O", "B-ANI", "I-ANI", "B-LOC", "I-LOC") for t in pred["tags"])
     assert all(0.0 < p <= 1.0 for p in pred["probs"])
-    (from_text,) = inf.predict(models["tag"], ["a fish swims, and the sea."])
+    (from_text,) = predict(models["tag"], ["a fish swims, and the sea."])
     assert len(from_text["tags"]) == 8  # split_words: a fish swims , and the sea .
 
 
 def test_predict_span_format(models):
-    (pred,) = inf.predict(models["span"], [{"tokens": ["a", "big", "fish", "and", "a", "fish"]}])
+    (pred,) = predict(models["span"], [{"tokens": ["a", "big", "fish", "and", "a", "fish"]}])
     for s in pred["spans"]:
         assert 0 <= s["start"] < s["end"] <= 6 and s["end"] - s["start"] <= 3
         assert s["label"] == "ANI" and 0 < s["prob"] <= 1
@@ -126,10 +128,10 @@ def test_predict_cli_jsonl_roundtrip_and_guards(models, tmp_path, capsys):
 
 # ---- embed -----------------------------------------------------------------------------------------------------------
 def test_embed_pooling_matches_the_body(tiny_ckpt):
-    body, tok, conf = loaded = inf.load_body(tiny_ckpt)  # a plain pretrained (MLM) checkpoint
-    cls = inf.embed(loaded, TEXTS, pool="cls", batch_size=2)
-    mean = inf.embed(loaded, TEXTS, pool="mean", batch_size=2)
-    tokens4 = inf.embed(loaded, TEXTS, pool="none", layers="last4", batch_size=2)
+    body, tok, conf = loaded = load_body(tiny_ckpt)  # a plain pretrained (MLM) checkpoint
+    cls = embed(loaded, TEXTS, pool="cls", batch_size=2)
+    mean = embed(loaded, TEXTS, pool="mean", batch_size=2)
+    tokens4 = embed(loaded, TEXTS, pool="none", layers="last4", batch_size=2)
     H = body.config.hidden_size
     assert cls.shape == mean.shape == (len(TEXTS), H) and cls.dtype == np.float32
     for i, text in enumerate(TEXTS):  # one at a time, no padding: same numbers
@@ -144,12 +146,12 @@ def test_embed_pooling_matches_the_body(tiny_ckpt):
 
 
 def test_embed_works_on_a_task_checkpoint_and_rejects_bad_options(models):
-    arr = inf.embed(models["classify"], ["a fish", "the sea"], pool="mean")
+    arr = embed(models["classify"], ["a fish", "the sea"], pool="mean")
     assert arr.shape[0] == 2 and np.isfinite(arr).all()
     with pytest.raises(InputError, match="pool must be"):
-        inf.embed(models["classify"], ["x"], pool="max")
+        embed(models["classify"], ["x"], pool="max")
     with pytest.raises(InputError, match="layers must be"):
-        inf.embed(models["classify"], ["x"], layers="first")
+        embed(models["classify"], ["x"], layers="first")
 
 
 def test_embed_cli_files(tiny_ckpt, tmp_path, capsys):
@@ -175,7 +177,7 @@ def test_embed_cli_files(tiny_ckpt, tmp_path, capsys):
 
 # ---- explain ---------------------------------------------------------------------------------------------------------
 def test_predictions_of_the_trained_fixture(models):
-    assert [p["label"] for p in inf.predict(models["classify"], TEXTS)] == ["animal", "other", "other", "other",
+    assert [p["label"] for p in predict(models["classify"], TEXTS)] == ["animal", "other", "other", "other",
                                                                             "animal"]
 
 
@@ -184,7 +186,7 @@ def test_integrated_gradients_add_up_to_the_probability_change(models, text):
     model, tok, _ = ft.load_task_model(models["classify"])
     with torch.no_grad():  # sharpen the classifier so that the text moves the probability far from the baseline
         model.head.classifier.weight.mul_(40.0)
-    ex = inf.explain_full(model, tok, text, steps=64)
+    ex = explain_full(model, tok, text, steps=64)
     assert ex.label in model.labels and ex.method == "integrated-gradients"
     assert abs(ex.prob - ex.baseline_prob) > 0.05
     total = sum(score for *_, score in ex.items)
@@ -192,14 +194,14 @@ def test_integrated_gradients_add_up_to_the_probability_change(models, text):
     # offsets point at the tokens in the text
     for token, start, end, _ in ex.items:
         assert text[start:end].lower() == token.removeprefix("##")
-    label, items = inf.explain(model, tok, text, target="other", steps=8)
+    label, items = explain(model, tok, text, target="other", steps=8)
     assert label == "other" and len(items) == len(ex.items)
 
 
 def test_gradient_x_input_equals_a_manual_computation(models):
     model, tok, _ = ft.load_task_model(models["classify"])
     text = "a fish that swims"
-    label, items = inf.explain(model, tok, text, method="gradient-x-input")
+    label, items = explain(model, tok, text, method="gradient-x-input")
     ids = torch.tensor([[tok.specials.cls, *tok.encode(text).ids, tok.specials.sep]])
     emb = model.body.embeddings.word(ids).detach().requires_grad_(True)
     handle = model.body.embeddings.word.register_forward_hook(lambda m, a, o: emb)
@@ -214,28 +216,28 @@ def test_gradient_x_input_equals_a_manual_computation(models):
 
 def test_explain_pair_offsets_and_unsupported_models(models):
     model, tok, _ = ft.load_task_model(models["pair"])
-    ex = inf.explain_full(model, tok, "a tool", "the sea", steps=4)
-    assert ex.text == "a tool" + inf.PAIR_SEPARATOR + "the sea"
+    ex = explain_full(model, tok, "a tool", "the sea", steps=4)
+    assert ex.text == "a tool" + PAIR_SEPARATOR + "the sea"
     assert [ex.text[s:e] for tok_, s, e, _ in ex.items] == [tok_.removeprefix("##") for tok_, *_ in ex.items]
     assert "".join(ex.text[s:e] for _, s, e, _ in ex.items) == "atoolthesea"
     assert ex.items[-1][2] == len(ex.text)  # the last token of text_b ends the shown text
     tag_model, tag_tok, _ = ft.load_task_model(models["tag"])
     with pytest.raises(InputError, match="classify or pair"):
-        inf.explain(tag_model, tag_tok, "a fish")
+        explain(tag_model, tag_tok, "a fish")
     with pytest.raises(InputError, match="two texts"):
-        inf.explain(model, tok, "one text only")
+        explain(model, tok, "one text only")
 
 
 def test_explain_html_and_ansi_rendering():
     text = "cats <b> & dogs"
     items = [("cats", 0, 4, 0.5), ("<", 5, 6, -0.25), ("b", 6, 7, 0.0), (">", 7, 8, 0.1), ("dogs", 11, 15, -1.0)]
-    snippet = inf.explain_html(text, items, label="x<y", method="integrated-gradients")
+    snippet = explain_html(text, items, label="x<y", method="integrated-gradients")
     assert "<b>" not in snippet.replace("label: <b>", "")  # the text's markup is escaped ...
     assert "&lt;" in snippet and "&amp;" in snippet and "x&lt;y" in snippet
     assert snippet.count("<span") == 5 and 'title="-1.0000"' in snippet and "rgba(210, 50, 50, 1.000)" in snippet
     plain = re.sub(r"<[^>]+>", "", snippet.split("</div>", 1)[1])
     assert plain.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&") == text
-    coloured = inf.explain_ansi(text, items)
+    coloured = explain_ansi(text, items)
     assert "\x1b[48;2;" in coloured
     assert re.sub(r"\x1b\[[0-9;]*m", "", coloured) == text
 

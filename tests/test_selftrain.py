@@ -20,6 +20,7 @@ from pretune.errors import InputError
 from pretune.finetune import stage as ft
 from pretune.semisup import selftrain as st
 from pretune.semisup.consistency import Consistency, consistency_loss, mask_tokens
+from pretune.semisup.pool import read_pool
 from pretune.text.labeled import Example
 
 WORDNET = Path(__file__).resolve().parent.parent / "pretune" / "resources" / "wordnet"
@@ -113,20 +114,20 @@ def test_pool_reads_lines_and_tables_drops_labeled_texts_and_samples(tmp_path):
     (tmp_path / "b.jsonl").write_text('{"text": "json text", "label": "x"}\n{"text": "training text"}\n')
     write_csv(tmp_path / "c.csv", [{"text": "csv text"}], columns=("text",))
     exclude = [Example(line=1, text="training text", label="x"), Example(line=1, text="the validation text")]
-    pool, info = st.read_pool([tmp_path / "a.txt.gz", tmp_path / "b.jsonl", tmp_path / "c.csv"], "classify",
+    pool, info = read_pool([tmp_path / "a.txt.gz", tmp_path / "b.jsonl", tmp_path / "c.csv"], "classify",
                               {"text_field": None}, exclude)
     assert [ex.text for ex in pool] == ["one text", "another text", "json text", "csv text"]
     assert all(ex.label is None for ex in pool)  # a label column in the pool is ignored
     assert info == {"files": [str(tmp_path / n) for n in ("a.txt.gz", "b.jsonl", "c.csv")], "read": 7,
                     "dropped_duplicates": 3, "used": 4}
-    small, info = st.read_pool([tmp_path / "a.txt.gz", tmp_path / "b.jsonl"], "classify", {}, size=2, seed=1)
-    again, _ = st.read_pool([tmp_path / "a.txt.gz", tmp_path / "b.jsonl"], "classify", {}, size=2, seed=1)
+    small, info = read_pool([tmp_path / "a.txt.gz", tmp_path / "b.jsonl"], "classify", {}, size=2, seed=1)
+    again, _ = read_pool([tmp_path / "a.txt.gz", tmp_path / "b.jsonl"], "classify", {}, size=2, seed=1)
     assert len(small) == 2 and [e.text for e in small] == [e.text for e in again] and info["used"] == 2
-    words, _ = st.read_pool([tmp_path / "a.txt.gz"], "tag", {})
+    words, _ = read_pool([tmp_path / "a.txt.gz"], "tag", {})
     assert words[0].tokens == ["one", "text"]
     write_csv(tmp_path / "p.csv", [{"text_a": "a", "text_b": "b"}, {"text_a": "a", "text_b": "c"}],
               columns=("text_a", "text_b"))
-    pairs, _ = st.read_pool([tmp_path / "p.csv"], "pair", {"text_b_field": "text_b"},
+    pairs, _ = read_pool([tmp_path / "p.csv"], "pair", {"text_b_field": "text_b"},
                             [Example(line=1, text="a", text_b="c", label="y")])
     assert [(e.text, e.text_b) for e in pairs] == [("a", "b")]
 
@@ -145,10 +146,10 @@ def test_pool_bad_input_names_the_file_and_line(tmp_path):
     ]
     for paths, task, expected in cases:
         with pytest.raises(InputError) as e:
-            st.read_pool(paths, task, {})
+            read_pool(paths, task, {})
         assert expected in str(e.value), (paths, task, str(e.value))
     with pytest.raises(InputError, match="holds no text that is not already in the labeled"):
-        st.read_pool([tmp_path / "one.txt"], "classify", {}, [Example(line=1, text="only line")])
+        read_pool([tmp_path / "one.txt"], "classify", {}, [Example(line=1, text="only line")])
 
 
 # ---- consistency (UDA) -------------------------------------------------------------------------------------------

@@ -8,13 +8,18 @@ sees the same ones), once as they are and once noised: a fraction `uda_mask_prob
 
 where p_clean is the prediction on the clean text (eval mode, no gradient), sharpen(p) = softmax(logits /
 uda_temperature), and mask keeps only the items whose clean prediction has probability >= uda_threshold. For tagging
-each word is an item. Classify, pair and tag; the pool is read like self-training's (`selftrain.read_pool`).
+each word is an item. Classify, pair and tag; the pool is read like self-training's (`pool.read_pool`). `build`
+makes the term a [finetune] section asks for.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from pretune.finetune.stage import _gather_words, encode_split, task_collate
+from pretune.semisup.pool import gold_examples, held_out_examples, read_pool
+from pretune.text.labeled import read_examples
 
 PREFIX = "unlabeled_"  # batch keys of the unlabeled rows: unlabeled_input_ids, unlabeled_noisy_ids, ...
 
@@ -47,14 +52,16 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_id: 
 
 class Consistency:
     """The unlabeled half of a UDA training step: `batch(gen)` adds pool rows to a collated batch, `split` takes
-    them out again, `loss(model, rows)` is the weighted consistency term and its logged stats."""
+    them out again, `loss(model, rows)` is the weighted consistency term and its logged stats. `pool_info`: what
+    reading the pool did (`pool.read_pool`), for the log."""
 
     def __init__(self, features: list[dict], tok, batch_size: int, weight: float, temperature: float,
-                 threshold: float, mask_prob: float):
+                 threshold: float, mask_prob: float, pool_info: dict | None = None):
         if not features:
             raise ValueError("consistency training needs unlabeled features")
         self.features, self.batch_size = features, min(batch_size, len(features))
         self.weight, self.temperature, self.threshold, self.mask_prob = weight, temperature, threshold, mask_prob
+        self.pool_info = pool_info
         s = tok.specials
         self.pad_id = s.pad
         self.mask_id = s.mask if s.mask is not None else s.unk
@@ -64,8 +71,6 @@ class Consistency:
 
     def batch(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """`batch_size` pool items (distinct, drawn with `generator`), collated, with their noised input ids."""
-        from pretune.finetune.stage import task_collate
-
         picked = torch.randperm(len(self.features), generator=generator)[: self.batch_size].tolist()
         rows = task_collate([self.features[i] for i in picked], self.pad_id)
         rows = {k: v for k, v in rows.items() if k not in ("labels", "span_labels")}
@@ -99,7 +104,6 @@ class Consistency:
         stats = {"uda_loss": (loss.detach() * n, n), "uda_confident": (torch.tensor(float(n_kept)), n)}
         return self.weight * loss, stats
 
-
     def idle_warning(self) -> str | None:
         """A warning when the confidence mask let no item through: the term then changed nothing."""
         if self.seen == 0 or self.kept > 0:
@@ -114,20 +118,26 @@ def _item_logits(model: nn.Module, inputs: dict) -> torch.Tensor:
     logits = model(**inputs)["logits"]
     if logits.ndim == 2:
         return logits
-    from pretune.finetune.stage import _gather_words
-
     words = _gather_words(logits, inputs["word_index"])  # [B, W, K]
     return words[inputs["word_mask"]]
 
 
 def from_section(sec, tok, exclude: list, batch_size: int, seed: int) -> tuple[Consistency, dict]:
     """The consistency term a FinetuneSection asks for (uda_* keys), on its pool without the `exclude` texts;
-    returns it with the pool info of `selftrain.read_pool`."""
-    from pretune.finetune.stage import encode_split
-    from pretune.semisup.selftrain import read_pool
-
+    returns it with the pool info of `pool.read_pool` (also its `pool_info`)."""
     pool, info = read_pool(sec.unlabeled, sec.task, sec.fields(), exclude, sec.pool_size, seed)
     data = encode_split(None, pool, sec.task, tok, None, sec.max_len, sec.head_options())
     term = Consistency(data.features, tok, sec.uda_batch_size or batch_size, sec.uda_weight, sec.uda_temperature,
-                       sec.uda_threshold, sec.uda_mask_prob)
+                       sec.uda_threshold, sec.uda_mask_prob, pool_info=info)
     return term, info
+
+
+def build(sec, tok, batch_size: int, seed: int) -> Consistency | None:
+    """The consistency term of a validated FinetuneSection for `finetune(..., consistency=term)`, or None when
+    uda_weight is 0. Its pool leaves out every text the fine-tune sees: the gold subset, the pseudo labels, the
+    validation and the test set. `tok`: the tokenizer of sec.checkpoint; `batch_size`, `seed`: the [train] ones."""
+    if sec.uda_weight <= 0:
+        return None
+    pseudo = read_examples(sec.pseudo_labels, sec.task, **sec.fields()) if sec.pseudo_labels else []
+    term, _ = from_section(sec, tok, gold_examples(sec) + pseudo + held_out_examples(sec), batch_size, seed)
+    return term

@@ -1,8 +1,9 @@
 """Self-training on an unlabeled pool: the fine-tuned model labels the pool, its confident predictions join the
 training set, and a student is fine-tuned again from the same pretrained checkpoint.
 
-Read top to bottom: choosing pseudo labels (pure functions on fixed predictions) -> reading the pool -> the round
-loop `self_train` (called by `pretune finetune` and `pretune run` when self_training_rounds > 0).
+Read top to bottom: choosing pseudo labels (pure functions on fixed predictions) -> writing them, the teacher's
+predictions on the pool (read by `pool.labeled_pool`) -> the round loop `self_train` (called by `pretune finetune`
+and `pretune run` when self_training_rounds > 0).
 
 Rounds, all under `out/`:
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import shutil
 from collections import Counter
 from collections.abc import Sequence
@@ -35,12 +35,15 @@ import numpy as np
 from pretune import files
 from pretune.config import NEUTRAL_KEYS, without_keys
 from pretune.errors import InputError
+from pretune.evaluate.report import headline_metrics
+from pretune.finetune.stage import encode_split, finetune, load_task_model, merge_outputs, run_features
 from pretune.interop.hf import open_checkpoint
-from pretune.text.labeled import Example, read_examples
+from pretune.semisup.pool import POOL_TASKS, labeled_pool
+from pretune.text.labeled import Example
 from pretune.training import distributed as dist
 from pretune.training.outdir import prepare_out_dir
+from pretune.training.trainer import resolve_device
 
-POOL_TASKS = ("classify", "pair", "tag")  # tasks that self-training and consistency training support
 TAG_CONFIDENCE = ("mean", "min")
 
 
@@ -106,80 +109,7 @@ def pseudo_label(task: str, labels: list[str], pool: list[Example], merged: list
     raise InputError(f"self-training supports the tasks {', '.join(POOL_TASKS)}, not {task!r}")
 
 
-# ---- the unlabeled pool ----------------------------------------------------------------------------------------------
-def _text_lines(path: Path) -> bool:
-    name = path.name.lower()
-    return name.endswith(".txt") or name.endswith(".txt.gz")
-
-
-def _key(task: str, ex: Example) -> tuple:
-    """What makes two examples the same text (whitespace-insensitive)."""
-    if task == "tag":
-        return tuple(ex.tokens or [])
-    return (" ".join((ex.text or "").split()), " ".join((ex.text_b or "").split()))
-
-
-def read_pool(paths: Sequence[str | Path], task: str, fields: dict, exclude: Sequence[Example] = (),
-              size: int = 0, seed: int = 0) -> tuple[list[Example], dict]:
-    """Unlabeled examples for self-training / consistency training, and what was done to get them.
-
-    .txt / .txt.gz: one text per non-empty line (tag: the line split into words). CSV/TSV/JSONL (.gz allowed): the
-    text field(s) named in `fields` (as for the labeled files; a label column is ignored); CoNLL for tag. A pair pool
-    needs both texts (text_a/text_b), so it cannot be a .txt file. Items identical to an `exclude` example (the
-    labeled sets) or to an earlier pool item are dropped; then at most `size` (0: all) are sampled with `seed`."""
-    from pretune.text.corpus import iter_documents
-    from pretune.use.inference import split_words
-
-    if task not in POOL_TASKS:
-        raise InputError(f"an unlabeled pool is used for the tasks {', '.join(POOL_TASKS)}, not {task!r}")
-    if not paths:
-        raise InputError("no unlabeled files given (unlabeled / --unlabeled)")
-    fields = {k: v for k, v in fields.items() if v is not None}
-    items: list[Example] = []
-    for p in map(Path, paths):
-        if not _text_lines(p):
-            items += [dataclasses.replace(ex, label=None, tags=None, spans=None)  # labels there are not used
-                      for ex in read_examples(p, task, require_labels=False, **fields)]
-            continue
-        if task == "pair":
-            raise InputError("a pool for a pair task needs two texts per item: give CSV/TSV/JSONL with "
-                             f"{fields.get('text_field') or 'text_a'} and {fields.get('text_b_field', 'text_b')}",
-                             path=p)
-        for n, doc in enumerate(iter_documents(p, fmt="txt"), start=1):
-            if task == "classify":
-                items.append(Example(line=n, text=doc))
-            elif words := split_words(doc):
-                items.append(Example(line=n, tokens=words))
-    seen = {_key(task, ex) for ex in exclude}
-    n_read, pool = len(items), []
-    for ex in items:
-        k = _key(task, ex)
-        if k not in seen:
-            seen.add(k)
-            pool.append(ex)
-    n_unique = len(pool)
-    if not pool:
-        raise InputError(f"the unlabeled pool ({', '.join(map(str, paths))}) holds no text that is not already in "
-                         "the labeled training, validation or test set")
-    if size and len(pool) > size:
-        pool = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), size))]
-    info = {"files": [str(p) for p in paths], "read": n_read, "dropped_duplicates": n_read - n_unique,
-            "used": len(pool)}
-    return pool, info
-
-
-def labeled_pool(sec, seed: int) -> tuple[list[Example], list[Example], dict]:
-    """(gold training examples as fine-tuning uses them, the pool, pool info) for a FinetuneSection: the pool
-    without the texts of the training subset, the validation and the test set."""
-    from pretune.finetune.stage import subsample
-
-    task, fields = sec.task, sec.fields()
-    gold = subsample(read_examples(sec.train, task, **fields), sec.label_fraction, sec.label_seed)
-    held_out = [ex for path in (sec.validation, sec.test) if path for ex in read_examples(path, task, **fields)]
-    pool, info = read_pool(sec.unlabeled, task, fields, exclude=gold + held_out, size=sec.pool_size, seed=seed)
-    return gold, pool, info
-
-
+# ---- pseudo labels on disk, the teacher's predictions ----------------------------------------------------------------
 def write_pseudo_labels(path: Path, task: str, fields: dict, pseudo: list[tuple[Example, float]]) -> None:
     """JSONL of pseudo-labelled examples, readable by `read_examples` with `fields` (plus their "confidence")."""
     text_key = fields.get("text_field") or ("text_a" if task == "pair" else "text")
@@ -196,9 +126,6 @@ def write_pseudo_labels(path: Path, task: str, fields: dict, pseudo: list[tuple[
 
 def predict_pool(model_dir: Path, pool: list[Example], batch_size: int, device: str) -> tuple[list[str], list]:
     """(label names, the teacher's merged output per pool example) of a fine-tuned checkpoint."""
-    from pretune.finetune.stage import encode_split, load_task_model, merge_outputs, run_features
-    from pretune.training.trainer import resolve_device
-
     model, tok, conf = load_task_model(model_dir, device=resolve_device(device))
     data = encode_split(None, pool, model.task, tok, None, conf.get("max_len", 128), model.head_options)
     outputs, _ = run_features(model, data.features, tok.specials.pad, batch_size)
@@ -255,9 +182,6 @@ def self_train(sections: dict, resume: bool = False, overwrite: bool = False, so
 
     Returns what `finetune()` returns for the kept round (n_train: the gold examples), plus "self_training": the
     content of out/self_training.json."""
-    from pretune.evaluate.report import headline_metrics
-    from pretune.finetune.stage import finetune
-
     sec = sections["finetune"].validate(source)
     tcfg = sections["train"].validate(source)
     if sec.self_training_rounds < 1:

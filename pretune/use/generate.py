@@ -12,7 +12,6 @@ import torch
 from pretune.errors import InputError
 from pretune.interop.hf import open_checkpoint
 from pretune.model.heads import MLMHead
-from pretune.model.transformer import ModelConfig
 from pretune.pretrain.objectives import PretrainModel
 from pretune.training import checkpoint as ck
 
@@ -20,9 +19,7 @@ from pretune.training import checkpoint as ck
 def load_causal_model(path: str, device: str | torch.device = "cpu"):
     """(model, tokenizer) from a checkpoint of a causal model; InputError for a bidirectional one."""
     ckpt = open_checkpoint(path)
-    if not isinstance(ckpt.config.get("model"), dict):
-        raise InputError("checkpoint config has no model section", path=ckpt.path / ck.CONFIG)
-    cfg = ModelConfig.from_dict(ckpt.config["model"], str(ckpt.path / ck.CONFIG))
+    cfg = ckpt.model_config()
     if not cfg.causal:
         raise InputError("this is a bidirectional (masked-LM / encoder) model, which cannot generate text; "
                          "generation needs a causal model, e.g. one pretrained with objective = \"clm\"",
@@ -144,30 +141,3 @@ def generate(
     if new and new[-1] == s.sep:
         new = new[:-1]
     return tok.decode(prompt_ids[1:] + new)
-
-
-# ---- CLI ------------------------------------------------------------------------------------------------------------
-def cmd_generate(args) -> None:
-    from pretune.training.trainer import resolve_device
-
-    check_options(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-    model, tok = load_causal_model(args.from_, resolve_device(args.device))
-    print(generate(model, tok, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed))
-
-
-def register_cli(subparsers) -> None:
-    """`pretune generate`."""
-    g = subparsers.add_parser("generate", help="continue a prompt with a causal (clm) model",
-                              description="Sample text from a causal checkpoint: greedy, or with temperature, "
-                                          "top-k and top-p; stops at the end token.")
-    g.add_argument("--from", dest="from_", required=True, metavar="CKPT", help="checkpoint or run directory")
-    g.add_argument("--prompt", required=True, help="text to continue")
-    g.add_argument("--max-new-tokens", type=int, default=50)
-    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    g.add_argument("--top-p", type=float, default=None, help="sample among the most likely tokens with mass p")
-    g.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    g.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    g.set_defaults(func=cmd_generate)
