@@ -94,7 +94,7 @@ def prepare(cache: Path, vocab_size: int, seq_len: int, corpus_lines: int) -> di
     import numpy as np
     from tokenizers import Tokenizer, processors
 
-    from pretune.text.corpus import PackedSequences, TokenShards, prepare_corpus
+    from pretune.pretrain.shards import PackedSequences, TokenShards, prepare_corpus
     from pretune.text.tokenizer import PretuneTokenizer, train_tokenizer
 
     cache = cache / f"vocab{vocab_size}-lines{corpus_lines or 'all'}"  # what the files below depend on
@@ -385,7 +385,9 @@ def hf_tokenizer(spec: dict):
 
 def pretune_trainer(model, spec: dict, batches, loss_fn, groups=None, lr: float = 5e-4):
     """pretune's own Trainer (no files written: the benchmark only calls its optimizer step)."""
-    from pretune.training.trainer import TrainConfig, Trainer, label_count
+    from pretune.training.batches import label_count
+    from pretune.training.config import TrainConfig
+    from pretune.training.trainer import Trainer
 
     steps = spec["warmup"] + spec["steps"]
     cfg = TrainConfig(max_steps=steps, batch_size=spec["batch"], lr=lr, precision=spec["precision"],
@@ -399,7 +401,8 @@ def hf_optimizer(model, lr: float, steps: int):
     """torch AdamW (defaults otherwise) with the Trainer's groups and settings, plus its linear schedule."""
     import torch
 
-    from pretune.training.trainer import TrainConfig, lr_lambda, param_groups
+    from pretune.training.config import TrainConfig
+    from pretune.training.optim import lr_lambda, param_groups
 
     cfg = TrainConfig(max_steps=steps, lr=lr, warmup_steps=1)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, lr), lr=lr,
@@ -425,9 +428,10 @@ def mlm_pt(spec: dict) -> dict:
 
     from pretune.model.transformer import model_flops_per_token
     from pretune.pretrain.objectives import MaskedLM, PretrainModel, Specials
-    from pretune.text.corpus import PackedSequences, TokenShards
+    from pretune.pretrain.shards import PackedSequences, TokenShards
     from pretune.text.tokenizer import PretuneTokenizer
-    from pretune.training.trainer import BatchSource, seed_everything
+    from pretune.training.batches import BatchSource
+    from pretune.training.config import seed_everything
 
     seed_everything(0)
     tok = PretuneTokenizer.load(spec["tokenizer"])
@@ -498,7 +502,8 @@ def finetune_pt(spec: dict) -> dict:
     from pretune.finetune.stage import FinetuneSection, TaskModel, build_param_groups, encode_split, task_collate
     from pretune.text.labeled import LabelMap, length_grouped_batches, read_examples
     from pretune.text.tokenizer import PretuneTokenizer
-    from pretune.training.trainer import BatchSource, seed_everything
+    from pretune.training.batches import BatchSource
+    from pretune.training.config import seed_everything
 
     seed_everything(0)
     tok = PretuneTokenizer.load(spec["tokenizer"])
@@ -586,8 +591,8 @@ def infer_pt(spec: dict, embed: bool) -> dict:
 
     from pretune.finetune.stage import TaskModel
     from pretune.text.tokenizer import PretuneTokenizer
-    from pretune.use.inference import embed as embed_texts
-    from pretune.use.inference import predict
+    from pretune.use.embed import embed as embed_texts
+    from pretune.use.predict import predict
 
     torch.manual_seed(0)
     tok = PretuneTokenizer.load(spec["tokenizer"])

@@ -40,16 +40,10 @@ from pretune.text.labeled import (
 )
 from pretune.training import checkpoint as ck
 from pretune.training import distributed as dist
+from pretune.training.batches import BatchSource, label_count, row_count
+from pretune.training.config import TrainConfig, seed_everything
 from pretune.training.outdir import prepare_out_dir
-from pretune.training.trainer import (
-    BatchSource,
-    EarlyStopping,
-    TrainConfig,
-    Trainer,
-    label_count,
-    row_count,
-    seed_everything,
-)
+from pretune.training.trainer import EarlyStopping, Trainer
 
 METRICS = {
     "classify": ("accuracy", "macro_f1", "micro_f1", "loss"),

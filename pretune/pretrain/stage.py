@@ -18,15 +18,10 @@ from pretune.pretrain.vocab import extend_vocabulary, read_word_list
 from pretune.text.tokenizer import PretuneTokenizer
 from pretune.training import checkpoint as ck
 from pretune.training import distributed as dist
+from pretune.training.batches import BatchSource, label_count
+from pretune.training.config import TrainConfig, resolve_device, seed_everything
 from pretune.training.outdir import prepare_out_dir
-from pretune.training.trainer import (
-    BatchSource,
-    TrainConfig,
-    Trainer,
-    label_count,
-    resolve_device,
-    seed_everything,
-)
+from pretune.training.trainer import Trainer
 
 
 @dataclass

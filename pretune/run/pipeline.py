@@ -464,7 +464,7 @@ def stage_tokenizer(runner: Runner, cfg: PipelineConfig) -> StageResult:
 
 
 def stage_shards(runner: Runner, cfg: PipelineConfig, tok_stage: StageResult) -> StageResult:
-    from pretune.text.corpus import prepare_corpus
+    from pretune.pretrain.shards import prepare_corpus
     from pretune.text.tokenizer import PretuneTokenizer
 
     inputs = {"tokenizer": tok_stage.result["sha256"], "corpus": _corpus_inputs(cfg),
@@ -577,7 +577,7 @@ def stage_evaluate(runner: Runner, cfg: PipelineConfig, models: dict[str, StageR
     inputs = {"test": file_hash(test), "models": {n: s.fingerprint for n, s in models.items()}}
 
     def work(d: Path, resume: bool) -> dict:
-        from pretune.training.trainer import resolve_device
+        from pretune.training.config import resolve_device
 
         d.mkdir(parents=True, exist_ok=True)
         device = resolve_device(cfg.run.device)
@@ -707,8 +707,8 @@ def build_examples(cfg: PipelineConfig, stages: dict[str, StageResult], reports:
     from pretune.evaluate.report import short_labels
     from pretune.finetune.stage import load_task_model
     from pretune.text.labeled import read_examples
-    from pretune.training.trainer import resolve_device
-    from pretune.use.inference import explain_full, explain_html
+    from pretune.training.config import resolve_device
+    from pretune.use.explain import explain_full, explain_html
 
     sec = cfg.finetune
     if sec.task not in ("classify", "pair"):

@@ -41,8 +41,8 @@ from pretune.interop.hf import open_checkpoint
 from pretune.semisup.pool import POOL_TASKS, labeled_pool
 from pretune.text.labeled import Example
 from pretune.training import distributed as dist
+from pretune.training.config import resolve_device
 from pretune.training.outdir import prepare_out_dir
-from pretune.training.trainer import resolve_device
 
 TAG_CONFIDENCE = ("mean", "min")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pretune import files
 from pretune.finetune.stage import load_task_model
-from pretune.training.trainer import resolve_device
+from pretune.training.config import resolve_device
 from pretune.use.embed import embed_file
 from pretune.use.explain import METHODS, explain_ansi, explain_full, explain_html
 from pretune.use.generate import check_options, generate, load_causal_model

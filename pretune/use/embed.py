@@ -19,7 +19,7 @@ from pretune.interop.hf import open_checkpoint
 from pretune.model.transformer import Transformer
 from pretune.text.labeled import length_grouped_batches, read_examples
 from pretune.training import checkpoint as ck
-from pretune.training.trainer import resolve_device
+from pretune.training.config import resolve_device
 from pretune.use.io import check_output, read_lines
 
 

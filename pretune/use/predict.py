@@ -22,7 +22,7 @@ from pretune.finetune.stage import (
 )
 from pretune.text.labeled import Example, read_examples
 from pretune.text.words import split_words
-from pretune.training.trainer import resolve_device
+from pretune.training.config import resolve_device
 from pretune.use.io import check_output, read_lines
 
 
