@@ -120,7 +120,8 @@ def _model_config_for_record(cfg: PipelineConfig):
 
 
 def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: Path, upstream: dict,
-                   from_scratch: bool, label_fraction: float | None = None, label_seed: int | None = None):
+                   from_scratch: bool, label_fraction: float | None = None,
+                   label_seed: int | None = None) -> StageResult:
     """One fine-tuning run (the pretrained model, or the baseline when from_scratch) in `name`/. The pretrained model
     is self-trained / consistency-trained when [finetune] asks for it; the baseline is always the plain fine-tune."""
     sec = dataclasses.replace(cfg.finetune, checkpoint=str(checkpoint), from_scratch=from_scratch)
@@ -153,7 +154,6 @@ def stage_evaluate(runner: Runner, cfg: PipelineConfig, models: dict[str, StageR
     inputs = {"test": file_hash(test), "models": {n: s.fingerprint for n, s in models.items()}}
 
     def work(d: Path, resume: bool) -> dict:
-
         d.mkdir(parents=True, exist_ok=True)
         device = resolve_device(cfg.run.device)
         scores = {}
@@ -179,7 +179,7 @@ def _support(report: dict) -> int:
 
 def stage_report(runner: Runner, cfg: PipelineConfig, stages: dict[str, StageResult], evaluation: StageResult,
                  sweep_points: list[dict], wall_start: float) -> StageResult:
-
+    """report/report.html (self-contained) and report/summary.json."""
     inputs = {"stages": {n: s.fingerprint for n, s in stages.items()}, "config": cfg.to_toml().split("\n", 1)[1],
               "title": cfg.run.title, "examples": cfg.run.examples}
 
