@@ -32,7 +32,7 @@ class ReportData:
     """Everything the report shows. Curves are metrics.jsonl records ({"step", "split", ...})."""
 
     title: str
-    summary: dict  # as written to summary.json (see pipeline.build_summary)
+    summary: dict  # as written to summary.json (see run.summary.build_summary)
     config_text: str
     pretrain_log: list[dict] = field(default_factory=list)
     finetune_logs: dict[str, list[dict]] = field(default_factory=dict)  # model name -> records
