@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from pretune.cli import main
-from pretune.run.pipeline import default_config_path, load_config, parse_override, pick_examples
+from pretune.run.config import default_config_path, load_config, parse_override
+from pretune.run.summary import pick_examples
 
 DATA = Path(__file__).resolve().parents[1] / "pretune" / "resources" / "wordnet"
 CLASSES = ("noun.animal", "noun.artifact", "noun.person", "noun.plant")
@@ -336,7 +337,7 @@ def test_pick_examples_prefers_wins_then_spreads():
 
 
 def test_highlight_marks_right_and_wrong_entities():
-    from pretune.run.pipeline import _highlight
+    from pretune.run.summary import _highlight
 
     html = _highlight(["the", "red", "fox", "<ran>"], {(1, 3, "animal"), (3, 4, "motion")}, {(1, 3, "animal")})
     assert html.count("<span") == 2
@@ -347,7 +348,7 @@ def test_highlight_marks_right_and_wrong_entities():
 
 
 def test_label_statistics_count_entities_for_tagging(tmp_path):
-    from pretune.run.pipeline import label_statistics
+    from pretune.run.summary import label_statistics
 
     conll = "a B-x\nb I-x\nc O\nd B-y\n\ne B-x\nf O\n"
     for split in ("train", "validation", "test"):

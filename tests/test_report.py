@@ -11,16 +11,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from pretune.evaluate.metrics import classification_report, entity_report
-from pretune.evaluate.report import (
-    ReportData,
-    format_summary,
-    gains,
-    headline_metrics,
-    render_report,
-    short_labels,
-    write_report,
-)
+from pretune.evaluate.metrics import classification_report, entity_report, headline_metrics
+from pretune.evaluate.plots import short_labels
+from pretune.evaluate.report import ReportData, format_summary, gains, render_report, write_report
 
 LABELS = ["noun.animal", "noun.artifact", "noun.person", "noun.plant"]
 SECTIONS = ("results", "data", "pretraining", "finetuning", "label-efficiency", "errors", "examples", "config")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pretune.cli import main
-from pretune.run.pipeline import load_config
-from pretune.run.tune import SPACE, TuneSection, config_values
+from pretune.run.config import SPACE, TuneSection, load_config
+from pretune.run.tune import config_values
 
 pytest.importorskip("optuna")
 
@@ -215,10 +215,10 @@ def test_run_with_tune_searches_then_fine_tunes_both_models(data, tmp_path, caps
 
 
 def test_a_failed_trial_is_recorded_and_the_search_goes_on(data, tmp_path, capsys, monkeypatch):
-    import pretune.finetune.stage
+    import pretune.run.tune
     from pretune.training.trainer import TrainingError
 
-    real, calls = pretune.finetune.stage.finetune, []
+    real, calls = pretune.run.tune.finetune, []
 
     def fail_second(sections, **kw):
         calls.append(sections["train"].lr)
@@ -226,7 +226,7 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(data, tmp_path, capsy
             raise TrainingError("loss is nan at step 3")
         return real(sections, **kw)
 
-    monkeypatch.setattr(pretune.finetune.stage, "finetune", fail_second)
+    monkeypatch.setattr(pretune.run.tune, "finetune", fail_second)
     out = tmp_path / "run"
     code, log, _ = tune(data, out, capsys, "--trials", "3", *SMALL)
     assert code == 0 and len(calls) == 3
@@ -238,7 +238,7 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(data, tmp_path, capsy
     def always_fail(sections, **kw):
         raise TrainingError("loss is nan at step 1")
 
-    monkeypatch.setattr(pretune.finetune.stage, "finetune", always_fail)
+    monkeypatch.setattr(pretune.run.tune, "finetune", always_fail)
     code, _, err = tune(data, tmp_path / "all_fail", capsys, "--trials", "2", *SMALL)
     assert code == 3 and "no trial of the search finished (2 ran)" in err and "loss is nan" in err
     assert err.count("\n") == 1
@@ -247,9 +247,9 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(data, tmp_path, capsy
 def test_an_interrupted_search_continues_with_its_finished_trials(data, tmp_path, capsys, monkeypatch):
     """Ctrl-C during the third of four trials: the re-run keeps the two finished trials (same parameters, not run
     again) and runs only what is left of the budget."""
-    import pretune.finetune.stage
+    import pretune.run.tune
 
-    real, calls = pretune.finetune.stage.finetune, []
+    real, calls = pretune.run.tune.finetune, []
 
     def interrupt_third(sections, **kw):
         calls.append(sections["finetune"].out)
@@ -257,13 +257,13 @@ def test_an_interrupted_search_continues_with_its_finished_trials(data, tmp_path
             raise KeyboardInterrupt("simulated Ctrl-C")
         return real(sections, **kw)
 
-    monkeypatch.setattr(pretune.finetune.stage, "finetune", interrupt_third)
+    monkeypatch.setattr(pretune.run.tune, "finetune", interrupt_third)
     out = tmp_path / "run"
     code, _, _ = tune(data, out, capsys, "--trials", "4", *SMALL)
     assert code == 130
     before = trials_of(out)["trials"]
     assert [t["state"] for t in before] == ["complete", "complete"]
-    monkeypatch.setattr(pretune.finetune.stage, "finetune", real)
+    monkeypatch.setattr(pretune.run.tune, "finetune", real)
     code, log, err = tune(data, out, capsys, "--trials", "4", *SMALL)
     assert code == 0, err
     assert "[tune] continuing from its last checkpoint" in log and "continuing the search: " in log

@@ -13,7 +13,10 @@ import numpy as np
 
 from pretune.errors import InputError
 
-__all__ = ["classification_report", "entity_spans", "entity_report", "span_report", "format_report"]
+__all__ = ["classification_report", "entity_spans", "entity_report", "span_report", "format_report",
+           "headline_metrics"]
+
+HEADLINE_KEYS = ("accuracy", "macro_f1", "micro_f1", "f1", "precision", "recall")  # in display order
 
 
 def _ratio(num: float, den: float) -> float:
@@ -232,3 +235,8 @@ def format_report(report: dict) -> str:
         if key in report:
             return "\n".join(_score_table(report[key], ("micro avg", report)))
     raise ValueError("format_report expects a dict from classification_report, entity_report or span_report")
+
+
+def headline_metrics(report: dict) -> dict[str, float]:
+    """The scalar scores of a test report, in a fixed order (classification: accuracy, macro-F1, ...)."""
+    return {k: float(report[k]) for k in HEADLINE_KEYS if isinstance(report.get(k), (int, float))}

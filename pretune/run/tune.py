@@ -1,4 +1,5 @@
-"""`pretune tune`: search the fine-tuning hyperparameters with Optuna on the validation metric.
+"""The hyperparameter search (`pretune tune`, `[tune]` in `pretune run`): the fine-tuning hyperparameters, searched
+with Optuna on the validation metric.
 
 The search space is the `[tune]` table of a `pretune run` config: the body's learning rate, the head's, the batch
 size, the number of epochs, the warm-up and what to freeze. Each trial is one `pretune.finetune.stage.finetune()` of the
@@ -22,84 +23,20 @@ import dataclasses
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from pretune import files
 from pretune.errors import InputError
+from pretune.finetune.stage import finetune
+from pretune.run.config import SPACE
+from pretune.run.stages import StageResult, finetune_fp, labeled_inputs, read_record
+from pretune.training.trainer import TrainingError
 
 FORMAT_VERSION = 1
-DEFAULT_TRIALS = 20  # `pretune tune` when neither --trials nor [tune] trials says
-# a searched key -> (the PipelineConfig attribute holding it, how it is sampled)
-SPACE = {
-    "lr": ("finetune_trainer", "log"),  # [low, high], log-uniform
-    "head_lr": ("finetune", "log"),
-    "batch_size": ("finetune_trainer", "choice"),  # one of a list
-    "epochs": ("finetune", "int"),  # [low, high], integers
-    "warmup_ratio": ("finetune_trainer", "float"),  # [low, high], uniform
-    "freeze": ("finetune", "choice"),
-}
-PRUNERS = ("median", "none")
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
 STUDY_DB = "study.db"  # the Optuna study (SQLite): what lets an interrupted search continue
-
-
-@dataclass
-class TuneSection:
-    """[tune]: budget, search space and pruning. A range is [low, high]; [] keeps the config's own value."""
-
-    trials: int = 0  # `pretune run`: 0 = no search; `pretune tune`: 0 = DEFAULT_TRIALS
-    timeout: float = 0.0  # seconds after which no new trial starts (0: no limit)
-    seed: int = 0  # of the sampler (TPE)
-    lr: list[float] = field(default_factory=lambda: [1e-5, 1e-3])
-    head_lr: list[float] = field(default_factory=list)
-    batch_size: list[int] = field(default_factory=lambda: [16, 32, 64])
-    epochs: list[int] = field(default_factory=lambda: [3, 12])
-    warmup_ratio: list[float] = field(default_factory=lambda: [0.0, 0.2])
-    freeze: list[str] = field(default_factory=lambda: ["none", "embeddings"])
-    start_from_config: bool = True  # trial 0 runs the config's own values (those inside the space)
-    pruner: str = "median"
-    prune_startup_trials: int = 3  # trials that finish before any is pruned
-    prune_warmup: int = 2  # evaluations every trial gets before it can be pruned (>= 1)
-
-    def validate(self, source: str | None = None) -> TuneSection:
-        from pretune.finetune.stage import _FREEZE_RE
-
-        def bad(msg: str) -> InputError:
-            return InputError(f"[tune] {msg}", path=source)
-
-        if self.trials < 0:
-            raise bad(f"trials must be >= 0 (0: no search in `pretune run`), got {self.trials}")
-        if self.timeout < 0:
-            raise bad(f"timeout must be >= 0 seconds (0: no limit), got {self.timeout}")
-        for name, low_ok, high_ok, what in (
-                ("lr", lambda lo: lo > 0, lambda hi: True, "0 < low <= high"),
-                ("head_lr", lambda lo: lo > 0, lambda hi: True, "0 < low <= high"),
-                ("epochs", lambda lo: lo >= 1, lambda hi: True, "1 <= low <= high"),
-                ("warmup_ratio", lambda lo: lo >= 0, lambda hi: hi < 1, "0 <= low <= high < 1")):
-            v = getattr(self, name)
-            if v and not (len(v) == 2 and low_ok(v[0]) and high_ok(v[1]) and v[0] <= v[1]):
-                raise bad(f"{name} must be [] (not searched) or a range [low, high] with {what}, got {v}")
-        for name, ok, what in (("batch_size", lambda b: b >= 1, "sizes >= 1"),
-                               ("freeze", lambda f: bool(_FREEZE_RE.match(f)),
-                                "none, embeddings, body or all-but-last-N")):
-            v = getattr(self, name)
-            if not all(ok(x) for x in v) or len(set(v)) != len(v):
-                raise bad(f"{name} must be [] (not searched) or a list of distinct choices ({what}), got {v}")
-        if not any(getattr(self, name) for name in SPACE):
-            raise bad(f"the search space is empty: give a range or choices for at least one of {', '.join(SPACE)}")
-        if self.pruner not in PRUNERS:
-            raise bad(f"pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
-        if self.prune_startup_trials < 0:
-            raise bad(f"prune_startup_trials must be >= 0, got {self.prune_startup_trials}")
-        if self.prune_warmup < 1:
-            raise bad(f"prune_warmup must be >= 1 (evaluations before a trial can be pruned), got {self.prune_warmup}")
-        return self
-
-    def space(self) -> dict[str, tuple[str, list]]:
-        """The searched keys: name -> (kind, range or choices)."""
-        return {name: (kind, list(getattr(self, name))) for name, (_, kind) in SPACE.items() if getattr(self, name)}
 
 
 # ---- configs in and out -----------------------------------------------------------------------------------------
@@ -189,8 +126,6 @@ def search(cfg, base: Path, directory: Path, log=print, resume: bool = False) ->
         import optuna
     except ModuleNotFoundError:
         raise InputError("the hyperparameter search needs Optuna: pip install 'optuna>=4'") from None
-    from pretune.finetune.stage import finetune
-    from pretune.training.trainer import TrainingError
 
     tune = cfg.tune
     if tune.trials < 1:
@@ -216,7 +151,7 @@ def search(cfg, base: Path, directory: Path, log=print, resume: bool = False) ->
         sections = {"finetune": dataclasses.replace(tuned.finetune, checkpoint=str(base), out=str(out),
                                                     from_scratch=False, test=None),
                     "train": dataclasses.replace(tuned.finetune_trainer)}
-        log(f"[tune] trial {trial.number}: " + _params_text(params))
+        log(f"[tune] trial {trial.number}: " + params_text(params))
         try:
             return finetune(sections, overwrite=True, source=cfg.source, on_evaluate=on_evaluate)["best"]
         except TrainingError as e:
@@ -312,7 +247,7 @@ def _value_text(v) -> str:
     return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _params_text(params: dict) -> str:
+def params_text(params: dict) -> str:
     return ", ".join(f"{k}={_value_text(v)}" for k, v in params.items())
 
 
@@ -320,10 +255,8 @@ def _params_text(params: dict) -> str:
 def stage_tune(runner, cfg, base: Path, base_fp: dict):
     """The search as the run's `tune` stage: skipped when the pretrained model, the labeled data, the fine-tuning
     config and [tune] are unchanged since it last completed."""
-    from pretune.run.pipeline import _finetune_fp, _labeled_inputs
-
     sec = dataclasses.replace(cfg.finetune, checkpoint=str(base), from_scratch=False, test=None)
-    inputs = {"init": base_fp, "data": _labeled_inputs(cfg.finetune), **_finetune_fp(sec, cfg.finetune_trainer),
+    inputs = {"init": base_fp, "data": labeled_inputs(cfg.finetune), **finetune_fp(sec, cfg.finetune_trainer),
               "tune": asdict(cfg.tune)}
     return runner.stage("tune", inputs, lambda d, resume: search(cfg, base, d, log=runner.log, resume=resume),
                         can_continue=lambda d: (d / STUDY_DB).is_file())
@@ -344,16 +277,14 @@ def tuned_config(runner, cfg, base: Path, base_fp: dict):
 
 
 def _adopt_search(runner, cfg, base_fp: dict) -> None:
-    from pretune.run.pipeline import StageResult, _labeled_inputs, _read_record
-
     d = runner.root / "tune"
-    record = _read_record(d / "stage.json") if (d / "stage.json").is_file() else {}
+    record = read_record(d / "stage.json") if (d / "stage.json").is_file() else {}
     inputs, result = record.get("inputs") or {}, record.get("result") or {}
     params = result.get("best_params")
     if record.get("status") != "done" or not params or not (d / "trials.json").is_file():
         return
     same_model = inputs.get("init") == json.loads(json.dumps(base_fp))
-    same_data = inputs.get("data") == _labeled_inputs(cfg.finetune)
+    same_data = inputs.get("data") == labeled_inputs(cfg.finetune)
     values = config_values(cfg)
     if same_model and same_data and all(values.get(k) == v for k, v in params.items()):
         runner.stages["tune"] = StageResult("tune", d, record.get("fingerprint", ""), result, True,
@@ -361,7 +292,7 @@ def _adopt_search(runner, cfg, base_fp: dict) -> None:
         runner.log("[tune] this config holds the best values of the search in tune/; the report shows it")
 
 
-# ---- CLI --------------------------------------------------------------------------------------------------------
+# ---- terminal output ------------------------------------------------------------------------------------------
 def format_search(search: dict) -> str:
     """The trials as a terminal table, the best marked with *."""
     best = (search.get("best") or {}).get("number")
@@ -375,41 +306,3 @@ def format_search(search: dict) -> str:
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
-def cmd_tune(args) -> None:
-    from pretune.run.pipeline import cli_overrides, load_config, start_run
-
-    if args.trials is not None and args.trials < 1:
-        raise InputError(f"--trials must be >= 1, got {args.trials}")
-    overrides = cli_overrides(args)
-    if args.trials is not None:
-        overrides.append(f"tune.trials={args.trials}")
-    if args.timeout is not None:
-        overrides.append(f"tune.timeout={args.timeout}")
-    cfg = load_config(args.config, overrides=overrides, out=args.out)
-    if cfg.tune.trials == 0:
-        cfg = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, trials=DEFAULT_TRIALS))
-    t0 = time.perf_counter()
-    runner, base, base_fp, _ = start_run(cfg, force=args.force)
-    stage = stage_tune(runner, cfg, base, base_fp)
-    path = write_best_config(cfg, stage.directory)
-    search = read_search(stage.directory)
-    print()
-    print(format_search(search))
-    print(f"\nbest: trial {search['best']['number']}, validation {search['metric']} {search['best']['value']:.4f} "
-          f"({_params_text(search['best']['params'])}); this took {time.perf_counter() - t0:.0f} s")
-    print(f"trials: {stage.directory / 'trials.json'}\nbest config: {path}\nnext: pretune run {path}")
-
-
-def register_cli(sub) -> None:
-    from pretune.run.pipeline import add_run_arguments
-
-    p = sub.add_parser(
-        "tune", help="search fine-tuning hyperparameters (Optuna) and write the best run config",
-        description="Bring the run's tokenizer, shards and pretraining up to date (as `pretune run` does, in the "
-                    "same --out), then search the [tune] space of learning rate, head learning rate, batch size, "
-                    "epochs, warm-up and freezing on the validation metric, pruning trials that fall behind. "
-                    "Writes OUT/tune/trials.json and OUT/tune/best.toml (pass it to `pretune run`).")
-    add_run_arguments(p, "e.g. --set tune.lr=[1e-5,1e-3]", "re-run every stage, the search included")
-    p.add_argument("--trials", type=int, default=None, help=f"[tune] trials (default {DEFAULT_TRIALS})")
-    p.add_argument("--timeout", type=float, default=None, help="[tune] timeout: no new trial after this many seconds")
-    p.set_defaults(func=cmd_tune)

@@ -35,7 +35,7 @@ import numpy as np
 from pretune import files
 from pretune.config import NEUTRAL_KEYS, without_keys
 from pretune.errors import InputError
-from pretune.evaluate.report import headline_metrics
+from pretune.evaluate.metrics import headline_metrics
 from pretune.finetune.stage import encode_split, finetune, load_task_model, merge_outputs, run_features
 from pretune.interop.hf import open_checkpoint
 from pretune.semisup.pool import POOL_TASKS, labeled_pool
