@@ -246,6 +246,8 @@ class Tag(WordTask):
 
     def confidence(self, m, how: str = "mean") -> float:
         """A sentence's confidence: the mean (or min) of its words' tag probabilities."""
+        if how not in ("mean", "min"):
+            raise ValueError(f"how must be mean or min, got {how!r}")
         word_probs = m[1]
         if not word_probs:
             return 0.0
@@ -309,10 +311,6 @@ class Span(WordTask):
 
     def prediction(self, labels: list[str], m) -> dict:
         return {"spans": [{"start": s, "end": e, "label": lab, "prob": round(p, 6)} for s, e, lab, p in m]}
-
-    def record(self, example: Example, fields: dict) -> dict:
-        return {"tokens": example.tokens, "spans": [{"start": s, "end": e, "label": lab}
-                                                     for s, e, lab in example.spans or []]}
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (Classify(), Pair(), Tag(), Span())}
