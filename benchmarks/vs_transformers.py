@@ -499,7 +499,10 @@ def _classify_file(spec: dict) -> Path:
 def finetune_pt(spec: dict) -> dict:
     import numpy as np
 
-    from pretune.finetune.stage import FinetuneSection, TaskModel, build_param_groups, encode_split, task_collate
+    from pretune.finetune.config import FinetuneSection
+    from pretune.finetune.data import encode_split
+    from pretune.finetune.encode import task_collate
+    from pretune.finetune.model import TaskModel, build_param_groups
     from pretune.text.labeled import LabelMap, length_grouped_batches, read_examples
     from pretune.text.tokenizer import PretuneTokenizer
     from pretune.training.batches import BatchSource
@@ -589,7 +592,7 @@ def _infer_texts(spec: dict) -> list[str]:
 def infer_pt(spec: dict, embed: bool) -> dict:
     import torch
 
-    from pretune.finetune.stage import TaskModel
+    from pretune.finetune.model import TaskModel
     from pretune.text.tokenizer import PretuneTokenizer
     from pretune.use.embed import embed as embed_texts
     from pretune.use.predict import predict

@@ -19,7 +19,7 @@ EXIT_INPUT, EXIT_TRAINING, EXIT_INTERRUPTED = 2, 3, 130
 COMMANDS = (
     "pretune.text.cli",  # tokenizer train | show
     "pretune.pretrain.cli",  # prepare, pretrain, vocab extend
-    "pretune.finetune.stage",  # finetune, evaluate
+    "pretune.finetune.cli",  # finetune, evaluate
     "pretune.use.cli",  # predict, embed, explain, generate
     "pretune.run.cli",  # run, tune
     "pretune.interop.cli",  # import, export

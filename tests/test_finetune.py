@@ -14,18 +14,22 @@ from safetensors.torch import load_file
 from pretune.cli import build_parser, main
 from pretune.errors import InputError
 from pretune.finetune import stage as ft
+from pretune.finetune.config import FinetuneSection, FinetuneTrainConfig, load_finetune_sections
+from pretune.finetune.data import merge_outputs
+from pretune.finetune.encode import encode_examples, task_collate
+from pretune.finetune.model import TaskModel, apply_freeze, build_param_groups, layer_scales, load_task_model
 from pretune.model.transformer import PRESETS, ModelConfig
-from pretune.text.labeled import Example, LabelMap, encode_examples
+from pretune.text.labeled import Example, LabelMap
 from pretune.text.tokenizer import PretuneTokenizer
 
 WORDNET = Path(__file__).resolve().parent.parent / "pretune" / "resources" / "wordnet"
 
 
 
-def tiny_model(task: str = "classify", labels=("a", "b", "c"), **head) -> ft.TaskModel:
+def tiny_model(task: str = "classify", labels=("a", "b", "c"), **head) -> TaskModel:
     torch.manual_seed(0)
     cfg = ModelConfig(**{**PRESETS["tiny"], "vocab_size": 60, "num_layers": 3})
-    return ft.TaskModel(cfg, task, list(labels), head)
+    return TaskModel(cfg, task, list(labels), head)
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -40,10 +44,10 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 
 
 # ---- freezing and learning rates -------------------------------------------------------------------------------------
-def _one_step(model: ft.TaskModel) -> dict[str, torch.Tensor]:
+def _one_step(model: TaskModel) -> dict[str, torch.Tensor]:
     """Copy the weights, take one AdamW step on a classification loss, return the copies."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    groups = ft.build_param_groups(model, lr=1e-2, head_lr=1e-2, weight_decay=0.01)
+    groups = build_param_groups(model, lr=1e-2, head_lr=1e-2, weight_decay=0.01)
     opt = torch.optim.AdamW(groups)
     ids = torch.randint(5, 60, (4, 9))
     out = model(ids, labels=torch.tensor([0, 1, 2, 0]))
@@ -64,7 +68,7 @@ def _one_step(model: ft.TaskModel) -> dict[str, torch.Tensor]:
 )
 def test_freeze_really_freezes(spec, frozen_prefixes):
     model = tiny_model()
-    names = ft.apply_freeze(model, spec)
+    names = apply_freeze(model, spec)
     before = _one_step(model)
     expect_frozen = {n for n, _ in model.named_parameters() if n.startswith(frozen_prefixes)}
     assert set(names) == expect_frozen
@@ -82,15 +86,15 @@ def test_freeze_really_freezes(spec, frozen_prefixes):
 
 def test_freeze_rejects_bad_specs():
     with pytest.raises(InputError, match="only 3 layers"):
-        ft.apply_freeze(tiny_model(), "all-but-last-4")
+        apply_freeze(tiny_model(), "all-but-last-4")
     with pytest.raises(InputError, match="freeze must be"):
-        ft.apply_freeze(tiny_model(), "top")
+        apply_freeze(tiny_model(), "top")
 
 
 def test_layer_lr_decay_values():
-    assert ft.layer_scales(3, 0.5) == [0.125, 0.25, 0.5, 1.0]
+    assert layer_scales(3, 0.5) == [0.125, 0.25, 0.5, 1.0]
     model = tiny_model()
-    groups = ft.build_param_groups(model, lr=1e-4, head_lr=1e-3, weight_decay=0.01, layer_lr_decay=0.5)
+    groups = build_param_groups(model, lr=1e-4, head_lr=1e-3, weight_decay=0.01, layer_lr_decay=0.5)
     lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     params = dict(model.named_parameters())
     expected = {
@@ -107,8 +111,8 @@ def test_layer_lr_decay_values():
         assert got_lr == pytest.approx(lr), name
         assert got_wd == wd, name
     assert len(lr_of) == len(params)  # every trainable parameter is in exactly one group
-    ft.apply_freeze(model, "embeddings")
-    groups = ft.build_param_groups(model, lr=1e-4, head_lr=1e-3, weight_decay=0.0)
+    apply_freeze(model, "embeddings")
+    groups = build_param_groups(model, lr=1e-4, head_lr=1e-3, weight_decay=0.0)
     in_groups = {id(p) for g in groups for p in g["params"]}
     assert id(params["body.embeddings.word.weight"]) not in in_groups
 
@@ -127,16 +131,16 @@ def test_span_decoding_keeps_nested_spans(word_tok):
     labels = LabelMap(["NULL", "CITY", "STATE"])
     ex = Example(line=1, tokens=["new", "york", "city", "is", "big"])
     feats, _ = encode_examples([ex], "span", word_tok, None, 32, max_span_width=3)
-    model = ft.TaskModel(ModelConfig(**{**PRESETS["tiny"], "vocab_size": 20}), "span", labels.names,
+    model = TaskModel(ModelConfig(**{**PRESETS["tiny"], "vocab_size": 20}), "span", labels.names,
                          {"max_span_width": 3})
-    batch = ft.task_collate(feats, word_tok.specials.pad)
+    batch = task_collate(feats, word_tok.specials.pad)
     cands = feats[0]["spans"]
     logits = torch.zeros(1, len(cands), 3)
     logits[..., 0] = 5.0  # NULL everywhere ...
     logits[0, cands.index((0, 3)), 1] = 9.0  # ... except "new york city" -> CITY
     logits[0, cands.index((0, 2)), 2] = 9.0  # and the nested "new york" -> STATE
     rows = model.decode(batch, {"logits": logits})
-    merged = ft.merge_outputs("span", labels.names, [ex], feats, rows)
+    merged = merge_outputs("span", labels.names, [ex], feats, rows)
     assert [(s, e, lab) for s, e, lab, _ in merged[0]] == [(0, 2, "STATE"), (0, 3, "CITY")]
     assert all(p > 0.9 for *_, p in merged[0])
     assert batch["span_width"][0, cands.index((0, 3))] == 3
@@ -149,7 +153,7 @@ def test_windows_are_merged_back_per_word(word_tok):
     feats, stats = encode_examples([ex], "tag", word_tok, LabelMap(labels), 8)
     assert stats.n_split == 1 and len(feats) >= 3
     model = tiny_model("tag", labels)
-    batch = ft.task_collate(feats, word_tok.specials.pad)
+    batch = task_collate(feats, word_tok.specials.pad)
     assert batch["word_index"].shape[0] == len(feats)
     # emissions: B-LOC on every word whose id is "america", else O
     america = word_tok.token_to_id("america")
@@ -157,7 +161,7 @@ def test_windows_are_merged_back_per_word(word_tok):
     logits[..., 0] = 1.0
     logits[batch["input_ids"] == america] = torch.tensor([0.0, 5.0, 0.0])
     rows = model.decode(batch, {"logits": logits})
-    tags, probs = ft.merge_outputs("tag", labels, [ex], feats, rows)[0]
+    tags, probs = merge_outputs("tag", labels, [ex], feats, rows)[0]
     assert len(tags) == len(words) == len(probs)
     assert tags == ["B-LOC" if w == "america" else "O" for w in words]
 
@@ -167,7 +171,7 @@ def test_crf_decoding_never_yields_invalid_bio():
     model = tiny_model("tag", labels, crf=True)
     feats = [{"input_ids": [2, 7, 8, 9, 3], "token_type_ids": [0] * 5, "word_positions": [1, 2, 3],
               "labels": [-100, 0, 2, 0, -100], "word_offset": 0, "example": 0}]
-    batch = ft.task_collate(feats, 0)
+    batch = task_collate(feats, 0)
     logits = torch.zeros(1, 5, 3)
     logits[0, 1:4] = torch.tensor([0.0, 0.0, 4.0])  # I-X wins everywhere without constraints
     (path, _), = model.decode(batch, {"logits": logits})
@@ -200,10 +204,10 @@ def test_early_stopping_stops_and_keeps_the_best(tiny_ckpt, tmp_path, monkeypatc
 
     monkeypatch.setattr(ft, "evaluate_data", fake_evaluate)
     sections = {
-        "finetune": ft.FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train),
+        "finetune": FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train),
                                        validation=str(val), out=str(tmp_path / "run"), epochs=6, patience=2,
                                        max_len=16),
-        "train": ft.FinetuneTrainConfig(batch_size=8, lr=1e-3, progress=False),
+        "train": FinetuneTrainConfig(batch_size=8, lr=1e-3, progress=False),
     }
     result = ft.finetune(sections)
     assert result["stopped_early"] and len(snapshots) == 4  # 0.4 and 0.3 after the best 0.5: two bad epochs
@@ -224,16 +228,16 @@ def test_finetune_loads_the_pretrained_body(tiny_ckpt, tmp_path):
     from pretune.training.checkpoint import load_checkpoint
 
     train, val = _classify_files(tmp_path)
-    sec = ft.FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train), validation=str(val),
+    sec = FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train), validation=str(val),
                              out=str(tmp_path / "run"), epochs=1, max_len=16, freeze="body")
-    ft.finetune({"finetune": sec, "train": ft.FinetuneTrainConfig(batch_size=8, progress=False)})
+    ft.finetune({"finetune": sec, "train": FinetuneTrainConfig(batch_size=8, progress=False)})
     pre = load_checkpoint(tiny_ckpt).state_dict
-    model, _, _ = ft.load_task_model(tmp_path / "run")
+    model, _, _ = load_task_model(tmp_path / "run")
     body = {k: v for k, v in model.state_dict().items() if k.startswith("body.")}
     assert body and all(torch.equal(v, pre[k]) for k, v in body.items())  # frozen body == the pretrained one
-    scratch = ft.FinetuneSection(**{**sec.__dict__, "out": str(tmp_path / "scratch"), "from_scratch": True})
-    ft.finetune({"finetune": scratch, "train": ft.FinetuneTrainConfig(batch_size=8, progress=False)})
-    model2, _, conf = ft.load_task_model(tmp_path / "scratch")
+    scratch = FinetuneSection(**{**sec.__dict__, "out": str(tmp_path / "scratch"), "from_scratch": True})
+    ft.finetune({"finetune": scratch, "train": FinetuneTrainConfig(batch_size=8, progress=False)})
+    model2, _, conf = load_task_model(tmp_path / "scratch")
     assert conf["from_scratch"] is True
     assert not torch.equal(model2.state_dict()["body.blocks.0.attn.qkv.weight"], pre["body.blocks.0.attn.qkv.weight"])
 
@@ -242,9 +246,9 @@ def test_resume_gives_the_uninterrupted_weights(tiny_ckpt, tmp_path):
     train, val = _classify_files(tmp_path)
 
     def sections(out: str, **train_kw):
-        sec = ft.FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train), validation=str(val),
+        sec = FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train), validation=str(val),
                                  out=str(tmp_path / out), epochs=3, max_len=16, patience=0)
-        return {"finetune": sec, "train": ft.FinetuneTrainConfig(batch_size=8, lr=1e-3, progress=False, **train_kw)}
+        return {"finetune": sec, "train": FinetuneTrainConfig(batch_size=8, lr=1e-3, progress=False, **train_kw)}
 
     ft.finetune(sections("full"))
     first = ft.finetune(sections("cut", stop_after=4))
@@ -263,18 +267,18 @@ def test_config_file_flags_and_finetuning_defaults(tmp_path):
     cfg = write(tmp_path / "ft.toml", '[finetune]\ntask = "tag"\ncheckpoint = "ck"\ntrain = "t.conll"\n'
                 'validation = "v.conll"\nout = "o"\ncrf = true\n[train]\nbatch_size = 4\n')
     args = build_parser().parse_args(["finetune", "--config", str(cfg), "--from", "other", "--epochs", "3"])
-    sections = ft.load_finetune_sections(args.config, args)
+    sections = load_finetune_sections(args.config, args)
     sec, train = sections["finetune"], sections["train"]
     assert (sec.task, sec.checkpoint, sec.crf, sec.epochs) == ("tag", "other", True, 3)
     assert train.batch_size == 4 and train.lr == 2e-5  # fine-tuning default for the body
     resolved = train.resolve(steps_per_epoch=7, epochs=3)
     assert (resolved.max_steps, resolved.eval_every, resolved.save_every) == (21, 7, 7)
-    capped = ft.FinetuneTrainConfig(max_steps=10).resolve(7, 3)
+    capped = FinetuneTrainConfig(max_steps=10).resolve(7, 3)
     assert capped.max_steps == 10
     args = build_parser().parse_args(["finetune", "--checkpoint", "x", "--task", "span", "--crf", "--train", "t",
                                       "--validation", "v", "--out", "o"])
     with pytest.raises(InputError, match="crf applies to task tag only"):
-        ft.load_finetune_sections(None, args)
+        load_finetune_sections(None, args)
 
 
 # ---- bad input through the CLI ---------------------------------------------------------------------------------------
@@ -352,9 +356,9 @@ def test_long_texts_are_truncated_with_a_counted_warning(tiny_ckpt, tmp_path, ca
 
 def test_evaluate_cli_writes_json_and_never_overwrites(tiny_ckpt, tmp_path, capsys):
     train, val = _classify_files(tmp_path)
-    sec = ft.FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train), validation=str(val),
+    sec = FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train), validation=str(val),
                              out=str(tmp_path / "run"), epochs=1, max_len=16)
-    ft.finetune({"finetune": sec, "train": ft.FinetuneTrainConfig(batch_size=8, progress=False)})
+    ft.finetune({"finetune": sec, "train": FinetuneTrainConfig(batch_size=8, progress=False)})
     capsys.readouterr()
     report_path = tmp_path / "report.json"
     code, stdout, err = run_cli(["evaluate", "--from", tmp_path / "run", "--data", val, "--out", report_path], capsys)

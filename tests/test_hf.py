@@ -276,7 +276,7 @@ TASK_CASES = [("bert", "bert-gelu", "classify"), ("bert", "bert-relu-3types", "c
 
 @pytest.mark.parametrize("kind,case,task", TASK_CASES, ids=["-".join(c) for c in TASK_CASES])
 def test_import_task_model_logits_match(tmp_path, kind, case, task):
-    finetune = pytest.importorskip("pretune.finetune.stage")
+    finetune = pytest.importorskip("pretune.finetune.model")
     hf = make_hf(kind, case, tmp_path / "hf", task=task)
     model, _, conf = finetune.load_task_model(tmp_path / "hf")  # through the on-the-fly import
     assert conf["task"] == task and conf["labels"] == ["neg", "neu", "pos"]
@@ -385,7 +385,7 @@ TASKS_OUT = [("classify", "wordpiece", "auto"), ("pair", "bytelevel-bpe", "rober
 
 @pytest.mark.parametrize("task,kind,family", TASKS_OUT, ids=[t for t, _, _ in TASKS_OUT])
 def test_export_task_checkpoint(tmp_path, task, kind, family):
-    finetune = pytest.importorskip("pretune.finetune.stage")
+    finetune = pytest.importorskip("pretune.finetune.model")
     tok = train_tokenizer(CORPUS, kind=kind, vocab_size=300, min_frequency=1)
     cfg = ModelConfig.from_dict(dict(PRESETS["tiny"], vocab_size=tok.vocab_size, pad_token_id=tok.specials.pad))
     labels = ["O", "B-X", "I-X"] if task == "tag" else ["a", "b", "c", "d"]
@@ -408,7 +408,7 @@ def test_export_task_checkpoint(tmp_path, task, kind, family):
 
 
 def test_export_refuses_what_transformers_cannot_express(tmp_path):
-    finetune = pytest.importorskip("pretune.finetune.stage")
+    finetune = pytest.importorskip("pretune.finetune.model")
     tok = train_tokenizer(CORPUS, kind="wordpiece", vocab_size=200, min_frequency=1)
     cfg = ModelConfig.from_dict(dict(PRESETS["tiny"], vocab_size=tok.vocab_size))
     for task, options, words in (("tag", {"crf": True, "all_subwords": False}, "CRF"),
@@ -537,8 +537,8 @@ def test_import_errors(tmp_path, capsys):
 
 
 def test_continue_pretraining_and_finetuning_from_hf_folder(tmp_path, capsys):
-    pytest.importorskip("pretune.finetune.stage")
-    from pretune.finetune.stage import load_task_model
+    pytest.importorskip("pretune.finetune.model")
+    from pretune.finetune.model import load_task_model
 
     make_hf("bert", "bert-gelu", tmp_path / "hf")  # vocab.txt only, as many published folders
     corpus = tmp_path / "corpus.txt"

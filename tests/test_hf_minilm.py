@@ -141,7 +141,7 @@ def test_minilm_continue_pretraining_then_finetune_beats_scratch(minilm, tmp_pat
     assert pretrained > scratch + 0.15, summary
 
     # 3. hand the fine-tuned model back to transformers
-    from pretune.finetune.stage import load_task_model
+    from pretune.finetune.model import load_task_model
 
     assert main(["export", str(tmp_path / "ft"), "--out", str(tmp_path / "hf")]) == 0
     model, _, _ = load_task_model(tmp_path / "ft")

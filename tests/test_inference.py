@@ -13,6 +13,8 @@ import torch
 from pretune.cli import main
 from pretune.errors import InputError
 from pretune.finetune import stage as ft
+from pretune.finetune.config import FinetuneSection, FinetuneTrainConfig
+from pretune.finetune.model import load_task_model
 from pretune.use.embed import embed, load_body
 from pretune.use.explain import PAIR_SEPARATOR, explain, explain_ansi, explain_full, explain_html
 from pretune.use.predict import predict
@@ -28,10 +30,10 @@ def _finetune(task: str, ckpt: Path, root: Path, train_text: str, suffix: str, m
     have fit its few examples, whatever the first epochs' plateau)."""
     train = root / f"{task}_train{suffix}"
     train.write_text(train_text, encoding="utf-8")
-    sec = ft.FinetuneSection(task=task, checkpoint=str(ckpt), train=str(train), validation=str(train),
+    sec = FinetuneSection(task=task, checkpoint=str(ckpt), train=str(train), validation=str(train),
                              out=str(root / task), epochs=epochs, max_len=max_len, max_span_width=3,
                              patience=0)
-    ft.finetune({"finetune": sec, "train": ft.FinetuneTrainConfig(batch_size=4, lr=3e-3, progress=False)})
+    ft.finetune({"finetune": sec, "train": FinetuneTrainConfig(batch_size=4, lr=3e-3, progress=False)})
     return root / task / "model"
 
 
@@ -62,7 +64,7 @@ def run_cli(args, capsys):
 
 # ---- predict ---------------------------------------------------------------------------------------------------------
 def test_predict_classify_probabilities_and_order(models):
-    loaded = ft.load_task_model(models["classify"])
+    loaded = load_task_model(models["classify"])
     batched = predict(loaded, TEXTS, batch_size=2)  # length-grouped batches, padded
     one_by_one = [predict(loaded, [t], batch_size=1)[0] for t in TEXTS]
     assert [p["label"] for p in batched] == [p["label"] for p in one_by_one]
@@ -183,7 +185,7 @@ def test_predictions_of_the_trained_fixture(models):
 
 @pytest.mark.parametrize("text", TEXTS[:3])
 def test_integrated_gradients_add_up_to_the_probability_change(models, text):
-    model, tok, _ = ft.load_task_model(models["classify"])
+    model, tok, _ = load_task_model(models["classify"])
     with torch.no_grad():  # sharpen the classifier so that the text moves the probability far from the baseline
         model.head.classifier.weight.mul_(40.0)
     ex = explain_full(model, tok, text, steps=64)
@@ -199,7 +201,7 @@ def test_integrated_gradients_add_up_to_the_probability_change(models, text):
 
 
 def test_gradient_x_input_equals_a_manual_computation(models):
-    model, tok, _ = ft.load_task_model(models["classify"])
+    model, tok, _ = load_task_model(models["classify"])
     text = "a fish that swims"
     label, items = explain(model, tok, text, method="gradient-x-input")
     ids = torch.tensor([[tok.specials.cls, *tok.encode(text).ids, tok.specials.sep]])
@@ -215,13 +217,13 @@ def test_gradient_x_input_equals_a_manual_computation(models):
 
 
 def test_explain_pair_offsets_and_unsupported_models(models):
-    model, tok, _ = ft.load_task_model(models["pair"])
+    model, tok, _ = load_task_model(models["pair"])
     ex = explain_full(model, tok, "a tool", "the sea", steps=4)
     assert ex.text == "a tool" + PAIR_SEPARATOR + "the sea"
     assert [ex.text[s:e] for tok_, s, e, _ in ex.items] == [tok_.removeprefix("##") for tok_, *_ in ex.items]
     assert "".join(ex.text[s:e] for _, s, e, _ in ex.items) == "atoolthesea"
     assert ex.items[-1][2] == len(ex.text)  # the last token of text_b ends the shown text
-    tag_model, tag_tok, _ = ft.load_task_model(models["tag"])
+    tag_model, tag_tok, _ = load_task_model(models["tag"])
     with pytest.raises(InputError, match="classify or pair"):
         explain(tag_model, tag_tok, "a fish")
     with pytest.raises(InputError, match="two texts"):

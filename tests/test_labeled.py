@@ -1,4 +1,5 @@
-"""Tests for pretune.text.labeled: readers, label maps, subword alignment, windows, collate, batching."""
+"""Tests for pretune.text.labeled (readers, label maps, batching) and pretune.finetune.encode (subword alignment,
+windows, collate)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,15 @@ import pytest
 import torch
 
 from pretune.errors import InputError
-from pretune.text.labeled import (
-    TASKS,
+from pretune.finetune.encode import (
     EncodeStats,
-    Example,
-    LabelMap,
     align_word_labels,
     collate,
     encode_examples,
     enumerate_spans,
     first_subword_positions,
-    iob1_to_iob2,
-    length_grouped_batches,
-    read_examples,
 )
+from pretune.text.labeled import TASKS, Example, LabelMap, iob1_to_iob2, length_grouped_batches, read_examples
 from pretune.text.tokenizer import PretuneTokenizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -18,8 +18,11 @@ from safetensors.torch import load_file
 from pretune.cli import main
 from pretune.errors import InputError
 from pretune.finetune import stage as ft
+from pretune.finetune.config import FinetuneSection, FinetuneTrainConfig
+from pretune.finetune.data import encode_split
+from pretune.finetune.model import TaskModel
 from pretune.semisup import selftrain as st
-from pretune.semisup.consistency import Consistency, consistency_loss, mask_tokens
+from pretune.semisup.consistency import Consistency, consistency_loss, from_section, mask_tokens
 from pretune.semisup.pool import read_pool
 from pretune.text.labeled import Example
 
@@ -196,11 +199,11 @@ def test_token_masking_spares_special_tokens_and_padding():
     assert torch.equal(mask_tokens(ids, attention, 4, 0.0, [2, 3, 0]), ids)
 
 
-def _tiny_task_model(task: str, labels) -> ft.TaskModel:
+def _tiny_task_model(task: str, labels) -> TaskModel:
     from pretune.model.transformer import PRESETS, ModelConfig
 
     torch.manual_seed(0)
-    return ft.TaskModel(ModelConfig(**{**PRESETS["tiny"], "vocab_size": 1000}), task, list(labels))
+    return TaskModel(ModelConfig(**{**PRESETS["tiny"], "vocab_size": 1000}), task, list(labels))
 
 
 @pytest.mark.parametrize("task", ["classify", "tag"])
@@ -211,7 +214,7 @@ def test_consistency_term_carries_gradient_into_the_model(task, tiny_ckpt):
     texts = ["a small fish of warm seas", "a tool for cutting wood", "a person who writes books"] * 3
     pool = [Example(line=i, text=t) if task == "classify" else Example(line=i, tokens=t.split())
             for i, t in enumerate(texts)]
-    data = ft.encode_split(None, pool, task, tok, None, 32, {})
+    data = encode_split(None, pool, task, tok, None, 32, {})
     term = Consistency(data.features, tok, batch_size=4, weight=2.0, temperature=0.4, threshold=0.0, mask_prob=0.3)
     rows = term.batch(torch.Generator().manual_seed(0))
     labeled, unlabeled = Consistency.split({"input_ids": torch.zeros(1), **rows})
@@ -230,7 +233,7 @@ def test_consistency_term_carries_gradient_into_the_model(task, tiny_ckpt):
 # ---- config and CLI errors ---------------------------------------------------------------------------------------
 def test_config_validation_of_the_new_keys():
     base = dict(task="classify", checkpoint="c", train="t", validation="v", out="o")
-    ft.FinetuneSection(**base, self_training_rounds=2, unlabeled=["p.txt"]).validate()
+    FinetuneSection(**base, self_training_rounds=2, unlabeled=["p.txt"]).validate()
     bad = [
         (dict(self_training_rounds=1), "unlabeled is required"),
         (dict(uda_weight=1.0), "unlabeled is required"),
@@ -247,7 +250,7 @@ def test_config_validation_of_the_new_keys():
     ]
     for extra, expected in bad:
         with pytest.raises(InputError) as e:
-            ft.FinetuneSection(**{**base, **extra}).validate("cfg.toml")
+            FinetuneSection(**{**base, **extra}).validate("cfg.toml")
         assert expected in str(e.value) and str(e.value).startswith("cfg.toml: [finetune]"), (extra, str(e.value))
 
 
@@ -376,11 +379,11 @@ def test_a_round_that_hurts_validation_is_discarded(pretrained_ckpt, tmp_path, m
         return labels, [forced.copy() for _ in merged]
 
     monkeypatch.setattr(st, "predict_pool", garbage_teacher)
-    sec = ft.FinetuneSection(task="classify", checkpoint=str(pretrained_ckpt), train=str(files["train"]),
+    sec = FinetuneSection(task="classify", checkpoint=str(pretrained_ckpt), train=str(files["train"]),
                              validation=str(files["validation"]), test=str(files["test"]), out=str(tmp_path / "run"),
                              max_len=48, epochs=10, patience=0, head_lr=1e-2, unlabeled=[str(files["pool"])],
                              self_training_rounds=2, pseudo_threshold=0.5)
-    result = st.self_train({"finetune": sec, "train": ft.FinetuneTrainConfig(batch_size=16, lr=3e-3,
+    result = st.self_train({"finetune": sec, "train": FinetuneTrainConfig(batch_size=16, lr=3e-3,
                                                                              progress=False)})
     record = result["self_training"]
     r0, r1 = record["rounds"]  # round 2 never ran: round 1 was discarded
@@ -399,14 +402,14 @@ def test_uda_trains_and_logs_its_term(tiny_ckpt, tmp_path):
     files = four_class_task(tmp_path, 24, 12, 12, 40)
 
     def sections(out: str, **kw):
-        sec = ft.FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(files["train"]),
+        sec = FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(files["train"]),
                                  validation=str(files["validation"]), out=str(tmp_path / out), max_len=32, epochs=2,
                                  patience=0, unlabeled=[str(files["pool"])], **kw)
-        return {"finetune": sec, "train": ft.FinetuneTrainConfig(batch_size=8, lr=1e-3, progress=False,
+        return {"finetune": sec, "train": FinetuneTrainConfig(batch_size=8, lr=1e-3, progress=False,
                                                                  log_every=1)}
 
     ft.finetune(sections("plain"))
-    ft.finetune(sections("uda", uda_weight=1.0, uda_threshold=0.0, uda_batch_size=6))
+    ft.finetune(sections("uda", uda_weight=1.0, uda_threshold=0.0, uda_batch_size=6), consistency=from_section)
     logs = {name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
             for name in ("plain", "uda")}
     train = [r for r in logs["uda"] if r["split"] == "train"]
@@ -416,10 +419,12 @@ def test_uda_trains_and_logs_its_term(tiny_ckpt, tmp_path):
     b = load_file(str(tmp_path / "uda" / "model" / "model.safetensors"))
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the term changed the training
     # a threshold no prediction reaches: the term is idle and the run says so
-    result = ft.finetune(sections("idle", uda_weight=1.0, uda_threshold=1.0, uda_batch_size=6))
+    result = ft.finetune(sections("idle", uda_weight=1.0, uda_threshold=1.0, uda_batch_size=6),
+                         consistency=from_section)
     assert any("consistency training had no effect" in w and "uda_threshold 1" in w for w in result["warnings"])
     assert not any("no effect" in w for w in ft.finetune(sections("uda2", uda_weight=1.0, uda_threshold=0.0,
-                                                                  uda_batch_size=6))["warnings"])
+                                                                  uda_batch_size=6),
+                                                         consistency=from_section)["warnings"])
 
 
 # ---- the pipeline ------------------------------------------------------------------------------------------------
@@ -525,12 +530,12 @@ def test_self_training_does_not_lose_to_the_plain_fine_tune(pretrained_ckpt, tmp
     files = {s: write_csv(tmp_path / f"{s}.csv", r) for s, r in rows.items()}
     plain, self_trained = [], []
     for seed in (0, 1, 2):
-        sec = ft.FinetuneSection(task="classify", checkpoint=str(pretrained_ckpt), train=str(files["train"]),
+        sec = FinetuneSection(task="classify", checkpoint=str(pretrained_ckpt), train=str(files["train"]),
                                  validation=str(files["validation"]), test=str(files["test"]),
                                  out=str(tmp_path / f"run-{seed}"), max_len=48, epochs=10, patience=0, head_lr=1e-2,
                                  label_fraction=0.1, label_seed=seed, unlabeled=[str(files["train"])],
                                  self_training_rounds=2, pseudo_threshold=0.0, pseudo_top_k=50)
-        result = st.self_train({"finetune": sec, "train": ft.FinetuneTrainConfig(batch_size=16, lr=3e-3, seed=seed,
+        result = st.self_train({"finetune": sec, "train": FinetuneTrainConfig(batch_size=16, lr=3e-3, seed=seed,
                                                                                  progress=False)})
         rounds = result["self_training"]["rounds"]
         assert result["n_train"] == 92 and result["self_training"]["pool"]["used"] == 924 - 92

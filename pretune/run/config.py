@@ -57,8 +57,8 @@ from typing import Any
 
 from pretune.config import coerce_fields, from_dict, load_toml, toml_tables
 from pretune.errors import InputError
-from pretune.finetune.stage import _FREEZE_RE
-from pretune.finetune.stage import SECTIONS as FT_SECTIONS
+from pretune.finetune.config import FREEZE_RE
+from pretune.finetune.config import SECTIONS as FT_SECTIONS
 from pretune.pretrain.stage import SECTIONS as PT_SECTIONS
 
 DEFAULT_CONFIG = "default.toml"
@@ -206,7 +206,7 @@ class TuneSection:
             if v and not (len(v) == 2 and low_ok(v[0]) and high_ok(v[1]) and v[0] <= v[1]):
                 raise bad(f"{name} must be [] (not searched) or a range [low, high] with {what}, got {v}")
         for name, ok, what in (("batch_size", lambda b: b >= 1, "sizes >= 1"),
-                               ("freeze", lambda f: bool(_FREEZE_RE.match(f)),
+                               ("freeze", lambda f: bool(FREEZE_RE.match(f)),
                                 "none, embeddings, body or all-but-last-N")):
             v = getattr(self, name)
             if not all(ok(x) for x in v) or len(set(v)) != len(v):

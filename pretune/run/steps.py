@@ -12,7 +12,8 @@ from pretune import files
 from pretune.errors import InputError
 from pretune.evaluate.metrics import headline_metrics
 from pretune.evaluate.report import ReportData, write_report
-from pretune.finetune.stage import evaluate_file, finetune, load_task_model
+from pretune.finetune.model import load_task_model
+from pretune.finetune.stage import evaluate_file
 from pretune.model.transformer import PRESETS, ModelConfig
 from pretune.pretrain.shards import prepare_corpus
 from pretune.pretrain.stage import pretrain
@@ -140,8 +141,7 @@ def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: P
     def work(d: Path, resume: bool) -> dict:
         sections = {"finetune": dataclasses.replace(sec, out=str(d)),
                     "train": dataclasses.replace(cfg.finetune_trainer)}
-        run = selftrain.self_train if sec.self_training_rounds else finetune
-        r = run(sections, resume=resume, overwrite=not resume, source=cfg.source)
+        r = selftrain.run_finetune(sections, resume=resume, overwrite=not resume, source=cfg.source)
         return {k: r.get(k) for k in ("metric", "best", "validation", "steps", "n_train", "stopped_early",
                                       "self_training")}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from pretune.evaluate.metrics import entity_spans
 from pretune.evaluate.plots import short_labels
 from pretune.evaluate.report import gains
-from pretune.finetune.stage import load_task_model
+from pretune.finetune.model import load_task_model
 from pretune.run.config import PipelineConfig
 from pretune.run.stages import FORMAT_VERSION, StageResult, now
 from pretune.text.labeled import read_examples

@@ -32,6 +32,7 @@ from pretune.errors import InputError
 from pretune.finetune.stage import finetune
 from pretune.run.config import SPACE
 from pretune.run.stages import StageResult, finetune_fp, labeled_inputs, read_record
+from pretune.semisup import consistency
 from pretune.training.trainer import TrainingError
 
 FORMAT_VERSION = 1
@@ -153,7 +154,8 @@ def search(cfg, base: Path, directory: Path, log=print, resume: bool = False) ->
                     "train": dataclasses.replace(tuned.finetune_trainer)}
         log(f"[tune] trial {trial.number}: " + params_text(params))
         try:
-            return finetune(sections, overwrite=True, source=cfg.source, on_evaluate=on_evaluate)["best"]
+            return finetune(sections, overwrite=True, source=cfg.source, on_evaluate=on_evaluate,
+                            consistency=consistency.from_section)["best"]
         except TrainingError as e:
             trial.set_user_attr("error", str(e))
             raise

@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretune.finetune.stage import _gather_words, encode_split, task_collate
+from pretune.finetune.data import encode_split
+from pretune.finetune.encode import task_collate
+from pretune.finetune.tasks import gather_words
 from pretune.semisup.pool import gold_examples, held_out_examples, read_pool
 from pretune.text.labeled import read_examples
 
@@ -118,7 +120,7 @@ def _item_logits(model: nn.Module, inputs: dict) -> torch.Tensor:
     logits = model(**inputs)["logits"]
     if logits.ndim == 2:
         return logits
-    words = _gather_words(logits, inputs["word_index"])  # [B, W, K]
+    words = gather_words(logits, inputs["word_index"])  # [B, W, K]
     return words[inputs["word_mask"]]
 
 

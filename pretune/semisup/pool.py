@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pretune.errors import InputError
-from pretune.finetune.stage import subsample
+from pretune.finetune.data import subsample
 from pretune.text.corpus import iter_documents
 from pretune.text.labeled import Example, read_examples
 from pretune.text.words import split_words

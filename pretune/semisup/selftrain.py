@@ -36,8 +36,11 @@ from pretune import files
 from pretune.config import NEUTRAL_KEYS, without_keys
 from pretune.errors import InputError
 from pretune.evaluate.metrics import headline_metrics
-from pretune.finetune.stage import encode_split, finetune, load_task_model, merge_outputs, run_features
+from pretune.finetune.data import encode_split, merge_outputs, run_features
+from pretune.finetune.model import load_task_model
+from pretune.finetune.stage import finetune
 from pretune.interop.hf import open_checkpoint
+from pretune.semisup import consistency
 from pretune.semisup.pool import POOL_TASKS, labeled_pool
 from pretune.text.labeled import Example
 from pretune.training import distributed as dist
@@ -225,7 +228,7 @@ def self_train(sections: dict, resume: bool = False, overwrite: bool = False, so
                                                  ": the plain fine-tune (first teacher)"))
         again = resume and (d / "last").is_dir()
         res = finetune({"finetune": round_sec, "train": dataclasses.replace(tcfg)}, resume=again,
-                       overwrite=not again, source=source)
+                       overwrite=not again, source=source, consistency=consistency.from_section)
         results[n] = res
         for name in ("last", "best"):  # model/ is the round's result; the rest only served resuming
             shutil.rmtree(d / name, ignore_errors=True)
@@ -246,6 +249,15 @@ def self_train(sections: dict, resume: bool = False, overwrite: bool = False, so
             "test": test, "steps": final["steps"], "n_train": len(gold), "n_pseudo": final["n_pseudo"],
             "stopped_early": results[kept]["stopped_early"] if kept in results else None,
             "warnings": [w for r in results.values() for w in r["warnings"]], "self_training": record}
+
+
+def run_finetune(sections: dict, resume: bool = False, overwrite: bool = False, source=None) -> dict:
+    """Fine-tune as the sections ask: self-trained when [finetune] self_training_rounds > 0, with the consistency
+    term when uda_weight > 0, else plainly."""
+    if sections["finetune"].self_training_rounds > 0:
+        return self_train(sections, resume=resume, overwrite=overwrite, source=source)
+    return finetune(sections, resume=resume, overwrite=overwrite, source=source,
+                    consistency=consistency.from_section)
 
 
 def format_rounds(record: dict) -> str:

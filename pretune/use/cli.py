@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from pretune import files
-from pretune.finetune.stage import load_task_model
+from pretune.finetune.model import load_task_model
 from pretune.training.config import resolve_device
 from pretune.use.embed import embed_file
 from pretune.use.explain import METHODS, explain_ansi, explain_full, explain_html

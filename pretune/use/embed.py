@@ -14,7 +14,7 @@ import torch
 
 from pretune import files
 from pretune.errors import InputError
-from pretune.finetune.stage import TaskModel
+from pretune.finetune.model import TaskModel
 from pretune.interop.hf import open_checkpoint
 from pretune.model.transformer import Transformer
 from pretune.text.labeled import length_grouped_batches, read_examples

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from pretune.errors import InputError
-from pretune.finetune.stage import TaskModel
+from pretune.finetune.model import TaskModel
 
 METHODS = ("integrated-gradients", "gradient-x-input")
 PAIR_SEPARATOR = " [SEP] "  # explain on a pair: offsets index text + PAIR_SEPARATOR + text_b

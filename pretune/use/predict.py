@@ -11,15 +11,9 @@ from typing import Any
 
 from pretune import files
 from pretune.errors import InputError
-from pretune.finetune.stage import (
-    TaskModel,
-    encode_split,
-    length_warnings,
-    load_task_model,
-    merge_outputs,
-    predictions_json,
-    run_features,
-)
+from pretune.finetune.data import encode_split, length_warnings, merge_outputs, run_features
+from pretune.finetune.model import TaskModel, load_task_model
+from pretune.finetune.tasks import predictions_json
 from pretune.text.labeled import Example, read_examples
 from pretune.text.words import split_words
 from pretune.training.config import resolve_device

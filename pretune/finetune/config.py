@@ -1,0 +1,167 @@
+"""Stage-2 settings: [finetune] (`FinetuneSection`) and [train] with fine-tuning defaults (`FinetuneTrainConfig`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from pretune.config import load_sections
+from pretune.errors import InputError
+from pretune.finetune.tasks import TASKS, get_task
+from pretune.training.config import TrainConfig
+
+FREEZE_RE = re.compile(r"^(none|embeddings|body|all-but-last-(\d+))$")
+
+
+@dataclass
+class FinetuneSection:
+    """[finetune] keys (also accepted at the top level of the TOML file)."""
+
+    task: str = field(default="", metadata={"help": "classify | pair | tag | span"})
+    checkpoint: str = field(default="", metadata={"flag": False})  # --from / --checkpoint, added by register_cli
+    train: str = field(default="", metadata={"help": "labeled training file"})
+    validation: str = field(default="", metadata={"help": "labeled validation file (early stopping, best model)"})
+    test: str | None = field(default=None, metadata={"help": "labeled test file, evaluated with the best model"})
+    out: str = field(default="", metadata={"help": "run directory (metrics.jsonl, model/, test_report.json)"})
+    text_field: str | None = field(default=None, metadata={"help": "text column (default: text; pair: text_a)"})
+    text_b_field: str = field(default="text_b", metadata={"help": "pair: second text column"})
+    label_field: str = field(default="label", metadata={"help": "label column"})
+    max_len: int = field(default=128, metadata={"help": "subwords per input incl. [CLS]/[SEP]"})
+    epochs: int = 10
+    freeze: str = field(default="none", metadata={"help": "none | embeddings | body | all-but-last-N"})
+    head_lr: float = field(default=1e-3, metadata={"help": "learning rate of the new head (the body uses --lr)"})
+    layer_lr_decay: float = field(default=1.0, metadata={"help": "lr of layer l = lr * decay^(layers - l)"})
+    metric: str = field(default="auto", metadata={"help": "early-stopping metric (auto: accuracy / f1)"})
+    patience: int = field(default=3, metadata={"help": "epochs without gain before stopping (0: never stop)"})
+    crf: bool = field(default=False, metadata={"help": "tag: CRF layer (Viterbi decoding, valid BIO only)"})
+    all_subwords: bool = field(default=False, metadata={"help": "tag: every subword of a word gets its label"})
+    max_span_width: int = field(default=8, metadata={"help": "span: widest candidate span, in words"})
+    label_fraction: float = field(default=1.0, metadata={"help": "train on this random fraction of the labels"})
+    label_seed: int = 0
+    from_scratch: bool = field(default=False, metadata={"help": "random init of the same architecture (baseline)"})
+    # semi-supervised: an unlabeled pool for self-training (pretune.semisup.selftrain) and consistency training (UDA)
+    unlabeled: list[str] = field(default_factory=list, metadata={
+        "help": "unlabeled pool (comma-separated files): .txt/.txt.gz lines, or CSV/JSONL with the text field(s)"})
+    pool_size: int = field(default=20000, metadata={"help": "use at most this many pool items, sampled (0: all)"})
+    self_training_rounds: int = field(default=0, metadata={"help": "self-training rounds after the fine-tune (0: off)"})
+    pseudo_threshold: float = field(default=0.9, metadata={"help": "pseudo-label items this confident (0: any)"})
+    pseudo_top_k: int = field(default=0, metadata={"help": "at most this many pseudo labels per class (0: no cap)"})
+    tag_confidence: str = field(default="mean", metadata={"help": "tag: sentence confidence, mean | min over words"})
+    uda_weight: float = field(default=0.0, metadata={"help": "weight of the UDA consistency loss (0: off)"})
+    uda_temperature: float = field(default=0.4, metadata={"help": "UDA: sharpening temperature of the target"})
+    uda_threshold: float = field(default=0.8, metadata={"help": "UDA: only items predicted this confidently count"})
+    uda_mask_prob: float = field(default=0.15, metadata={"help": "UDA noise: fraction of tokens replaced by [MASK]"})
+    uda_batch_size: int = field(default=0, metadata={"help": "UDA: unlabeled items per batch (0: --batch-size)"})
+    pseudo_labels: str | None = field(default=None, metadata={"flag": False})  # set by self-training: a file of
+    # pseudo-labelled examples (format of `train`) added to the training subset; the label map stays train's
+
+    def validate(self, source: str | None = None) -> FinetuneSection:
+        def bad(msg: str) -> InputError:
+            return InputError(f"[finetune] {msg}", path=source)
+
+        if self.task not in TASKS:
+            raise bad(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        metrics = TASKS[self.task].metrics
+        for name, what in (("checkpoint", "the pretrained checkpoint (--from)"), ("train", "the training file"),
+                           ("validation", "the validation file"), ("out", "the run directory to write")):
+            if not getattr(self, name):
+                raise bad(f"{name} is required: {what}")
+        if self.max_len < 8:
+            raise bad(f"max_len must be >= 8, got {self.max_len}")
+        if self.epochs < 1:
+            raise bad(f"epochs must be >= 1, got {self.epochs}")
+        if not FREEZE_RE.match(self.freeze):
+            raise bad(f"freeze must be none, embeddings, body or all-but-last-N (e.g. all-but-last-2), "
+                      f"got {self.freeze!r}")
+        if self.head_lr <= 0:
+            raise bad(f"head_lr must be > 0, got {self.head_lr}")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise bad(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        if self.metric != "auto" and self.metric not in metrics:
+            raise bad(f"metric for task {self.task} must be auto or one of {metrics}, got {self.metric!r}")
+        if self.patience < 0:
+            raise bad(f"patience must be >= 0, got {self.patience}")
+        if self.crf and self.task != "tag":
+            raise bad("crf applies to task tag only")
+        if self.crf and self.all_subwords:
+            raise bad("crf scores word sequences (first subwords); it cannot be combined with all_subwords")
+        if self.max_span_width < 1:
+            raise bad(f"max_span_width must be >= 1, got {self.max_span_width}")
+        if not 0 < self.label_fraction <= 1:
+            raise bad(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+        self._validate_semi_supervised(bad)
+        return self
+
+    def _validate_semi_supervised(self, bad) -> None:
+        for name in ("pool_size", "self_training_rounds", "pseudo_top_k", "uda_batch_size"):
+            if getattr(self, name) < 0:
+                raise bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("pseudo_threshold", "uda_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise bad(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.tag_confidence not in ("mean", "min"):
+            raise bad(f"tag_confidence must be mean or min, got {self.tag_confidence!r}")
+        if self.uda_weight < 0:
+            raise bad(f"uda_weight must be >= 0 (0: off), got {self.uda_weight}")
+        if self.uda_temperature <= 0:
+            raise bad(f"uda_temperature must be > 0, got {self.uda_temperature}")
+        if not 0 <= self.uda_mask_prob < 1:
+            raise bad(f"uda_mask_prob must be in [0, 1), got {self.uda_mask_prob}")
+        if self.semi_supervised():
+            if self.task == "span":
+                raise bad("self-training and uda support the tasks classify, pair and tag, not span")
+            if not self.unlabeled:
+                raise bad("unlabeled is required with self_training_rounds or uda_weight: the pool of unlabeled "
+                          "text (--unlabeled FILE)")
+
+    def semi_supervised(self) -> bool:
+        """Whether the unlabeled pool is used (self-training or consistency training)."""
+        return self.self_training_rounds > 0 or self.uda_weight > 0
+
+    SEMI_SUPERVISED_KEYS = ("unlabeled", "pool_size", "self_training_rounds", "pseudo_threshold", "pseudo_top_k",
+                            "tag_confidence", "uda_weight", "uda_temperature", "uda_threshold", "uda_mask_prob",
+                            "uda_batch_size", "pseudo_labels")  # without effect unless semi_supervised()
+
+    def metric_name(self) -> str:
+        return get_task(self.task).metrics[0] if self.metric == "auto" else self.metric
+
+    def head_options(self) -> dict:
+        return get_task(self.task).head_options(self)
+
+    def fields(self) -> dict:
+        return {"text_field": self.text_field, "text_b_field": self.text_b_field, "label_field": self.label_field}
+
+
+@dataclass
+class FinetuneTrainConfig(TrainConfig):
+    """[train] for fine-tuning: the same keys with fine-tuning defaults. max_steps is a cap on epochs x batches
+    (unset: no cap); eval_every and save_every default to once per epoch."""
+
+    max_steps: int | None = field(default=None, metadata={"help": "cap on optimizer steps (default: epochs)"})
+    batch_size: int = 16
+    lr: float = field(default=2e-5, metadata={"help": "learning rate of the pretrained body"})
+    eval_every: int | None = field(default=None, metadata={"help": "steps between evaluations (default: an epoch)"})
+    save_every: int | None = field(default=None, metadata={"help": "steps between checkpoints (default: an epoch)"})
+
+    def validate(self, source: str | None = None) -> FinetuneTrainConfig:
+        probe = {name: getattr(self, name) or 1 for name in ("max_steps", "eval_every", "save_every")}
+        TrainConfig.validate(dataclasses.replace(self, **probe), source)
+        return self
+
+    def resolve(self, steps_per_epoch: int, epochs: int) -> TrainConfig:
+        """A plain TrainConfig with the per-epoch defaults filled in."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        total = epochs * steps_per_epoch
+        values["max_steps"] = min(total, self.max_steps) if self.max_steps else total
+        values["eval_every"] = self.eval_every or steps_per_epoch
+        values["save_every"] = self.save_every or steps_per_epoch
+        return TrainConfig(**values).validate()
+
+
+SECTIONS = {"finetune": FinetuneSection, "train": FinetuneTrainConfig}
+
+
+def load_finetune_sections(config_path: str | None, args) -> dict:
+    """The sections of a TOML file (or none) with the command-line flags applied."""
+    return load_sections(config_path, args, SECTIONS)

@@ -1,0 +1,146 @@
+"""The task model (a pretrained Transformer body + one task head), its freezing and learning-rate groups, and its
+checkpoints: config.json of a fine-tuned model, loading one, and the initial weights of a fine-tune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pretune.errors import InputError
+from pretune.finetune.config import FREEZE_RE
+from pretune.finetune.tasks import TASKS, get_task
+from pretune.interop.hf import open_checkpoint
+from pretune.model.transformer import ModelConfig, Transformer, init_weights
+from pretune.text.labeled import LabelMap
+from pretune.training import checkpoint as ck
+
+
+# ---- the task model --------------------------------------------------------------------------------------------------
+class TaskModel(nn.Module):
+    """The Transformer `body` plus one task `head` (state-dict keys body.*, head.*); `kind` is the task's `Task`.
+
+    forward(**batch) returns {"logits"} plus {"loss", "stats"} when the batch has labels; `decode(batch)` turns a
+    batch into predictions."""
+
+    def __init__(self, cfg: ModelConfig, task: str, labels: list[str], head_options: dict | None = None):
+        super().__init__()
+        self.kind = get_task(task)
+        self.config, self.task, self.labels = cfg, task, list(labels)
+        self.head_options = dict(head_options or {})
+        self.body = Transformer(cfg)
+        self.head: nn.Module = self.kind.head(cfg, self.labels, self.head_options)
+        self.head.apply(init_weights)
+
+    @property
+    def crf(self):
+        return getattr(self.head, "crf", None)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, word_index=None,
+                word_mask=None, span_index=None, span_mask=None, span_width=None, span_labels=None) -> dict:
+        hidden = self.body(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "word_index": word_index,
+                 "word_mask": word_mask, "span_index": span_index, "span_width": span_width, "span_labels": span_labels}
+        return self.kind.forward(self, hidden, batch)
+
+    @torch.no_grad()
+    def decode(self, batch: dict, out: dict | None = None) -> list:
+        """Per row: classify/pair: probabilities [K] (np.ndarray); tag: (tag ids, probabilities) per word of the
+        window; span: [(span index, label id, probability)] for each span whose best label is not NULL."""
+        out = out if out is not None else self(**batch)
+        return self.kind.decode(self, batch, out["logits"].float())
+
+
+# ---- freezing and learning rates -------------------------------------------------------------------------------------
+def apply_freeze(model: TaskModel, spec: str) -> list[str]:
+    """Turn off gradients for part of the body: none | embeddings | body | all-but-last-N (embeddings and all blocks
+    but the last N). Returns the names of the frozen parameters."""
+    m = FREEZE_RE.match(spec)
+    if not m:
+        raise InputError(f"freeze must be none, embeddings, body or all-but-last-N, got {spec!r}")
+    body = model.body
+    if spec == "none":
+        modules: list[nn.Module] = []
+    elif spec == "embeddings":
+        modules = [body.embeddings]
+    elif spec == "body":
+        modules = [body]
+    else:
+        keep = int(m.group(2))
+        if keep > len(body.blocks):
+            raise InputError(f"freeze {spec!r}: the model has only {len(body.blocks)} layers")
+        modules = [body.embeddings, *list(body.blocks)[: len(body.blocks) - keep]]
+    frozen = {id(p) for mod in modules for p in mod.parameters()}
+    names = []
+    for name, p in model.named_parameters():
+        if id(p) in frozen:
+            p.requires_grad_(False)
+            names.append(name)
+    return names
+
+
+def layer_scales(num_layers: int, decay: float) -> list[float]:
+    """Learning-rate factor per depth: [embeddings, block 0, ..., block L-1]; the top block gets 1, each layer below
+    `decay` times the one above it (embeddings: decay^L)."""
+    return [decay ** (num_layers - depth) for depth in range(num_layers + 1)]
+
+
+def build_param_groups(model: TaskModel, lr: float, head_lr: float, weight_decay: float,
+                       layer_lr_decay: float = 1.0) -> list[dict]:
+    """AdamW groups: the head at `head_lr`; body depth d at lr * layer_scales[d] (a final LayerNorm at lr);
+    no weight decay on 1-D parameters (biases, norms). Frozen parameters are left out."""
+    body = model.body
+    scales = layer_scales(len(body.blocks), layer_lr_decay)
+    depth_of: dict[int, float] = {id(p): scales[0] for p in body.embeddings.parameters()}
+    for i, block in enumerate(body.blocks):
+        depth_of.update({id(p): scales[i + 1] for p in block.parameters()})
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        rate = head_lr if name.startswith("head.") else lr * depth_of.get(id(p), 1.0)
+        groups.setdefault((rate, p.ndim >= 2), []).append(p)
+    return [{"params": ps, "lr": rate, "weight_decay": weight_decay if decay else 0.0}
+            for (rate, decay), ps in groups.items()]
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------------------
+def task_config(model: TaskModel, max_len: int, extra: dict | None = None) -> dict:
+    """config.json of a fine-tuned model (checkpoint.write_model_files adds format_version)."""
+    return {"model": model.config.to_dict(), "task": model.task, "labels": list(model.labels),
+            "head": dict(model.head_options), "max_len": max_len, **(extra or {})}
+
+
+def load_task_model(path: str | Path, device: str | torch.device | None = None) -> tuple[TaskModel, Any, dict]:
+    """(model in eval mode, tokenizer, config.json) of a fine-tuned checkpoint (a directory or a run holding one)."""
+    ckpt = open_checkpoint(path)
+    conf = ckpt.config
+    if conf.get("task") not in TASKS:
+        raise InputError("not a fine-tuned checkpoint (config.json names no task); fine-tune it first with "
+                         "`pretune finetune`", path=ckpt.path)
+    tok = ckpt.tokenizer()
+    labels = LabelMap.from_json(conf.get("labels")).names
+    model = TaskModel(ckpt.model_config(), conf["task"], labels, conf.get("head") or {})
+    ck.load_into(model, ckpt.state_dict, ckpt.path)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, tok, conf
+
+
+def load_initial_weights(model: TaskModel, ckpt: ck.Checkpoint, head_options: dict) -> str:
+    """Body from the checkpoint's body.*; its head too when it is a checkpoint of the same task, labels and head.
+    Returns what was loaded ("body" or "body and head")."""
+    body = ckpt.weights("body.")
+    if not body:
+        raise InputError("checkpoint holds no body.* weights; expected a pretune checkpoint", path=ckpt.path)
+    ck.load_into(model.body, body, ckpt.path)
+    conf = ckpt.config
+    same = (conf.get("task") == model.task and conf.get("labels") == model.labels
+            and (conf.get("head") or {}) == head_options)
+    if same:
+        ck.load_into(model.head, ckpt.weights("head."), ckpt.path)
+        return "body and head"
+    return "body"
