@@ -78,7 +78,7 @@ def _standardised(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 
 def _probe_texts(loaded, task, train, val, test, labels, seed, grid, batch_size, max_len) -> tuple:
-    labels = class_labels(train, labels)
+    labels = class_labels((train, val, test), labels)
     x_train, x_val, x_test = _standardised(*(text_vectors(loaded, task, exs, batch_size, max_len)
                                              for exs in (train, val, test)))
     y_train, y_val, y_test = (label_ids(exs, labels) for exs in (train, val, test))
