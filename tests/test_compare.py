@@ -17,7 +17,7 @@ from pretune.text.labeled import Example, read_examples
 
 WORDNET = Path(__file__).resolve().parent.parent / "pretune" / "resources" / "wordnet"
 FILES = {"classify": "supersense_{}.csv", "pair": "pairs_{}.csv", "tag": "tagging_{}.conll", "span": "spans_{}.jsonl"}
-SIZES = {"classify": (400, 150, 200), "pair": (400, 150, 200), "tag": (150, 50, 100), "span": (150, 50, 100)}
+SIZES = {"classify": (300, 100, 150), "pair": (300, 100, 150), "tag": (150, 50, 100), "span": (150, 50, 100)}
 SMALL_CRF = ((0.1, 0.05),)  # one (c1, c2): the CRF fits take most of a test's time
 
 

@@ -18,12 +18,12 @@ import torch
 from sklearn.preprocessing import StandardScaler
 
 from pretune.compare.classic import (
-    C_GRID,
     accuracy,
     class_labels,
     fit_logreg,
     label_ids,
     result_dict,
+    span_limits,
     word_report,
     word_targets,
 )
@@ -33,6 +33,7 @@ from pretune.text.labeled import Example, collate, encode_examples, length_group
 from pretune.use.inference import embed, load_body
 
 METHOD = "linear probe"
+C_GRID = (0.01, 0.1, 1.0, 10.0)  # standardised dense features want stronger regularisation than TF-IDF
 
 
 def _max_len(body, conf: dict, max_len: int | None) -> int:
@@ -104,9 +105,7 @@ def _probe_words(loaded, task, train, val, test, seed, grid, batch_size, max_len
 
     model, c, val_scores = fit_logreg(x_train, y_train, x_val, val_f1, seed, grid)
     report, pred = word_report(task, test, _split(model.predict(x_test), test))
-    _, nested, crossing = word_targets(task, test)
-    extra = {"nested": nested, "crossing": crossing} if task == "span" else {}
-    return report, pred, c, val_scores, extra
+    return report, pred, c, val_scores, span_limits(task, test)
 
 
 def fit_probe(checkpoint, task: str, train: Sequence[Example], val: Sequence[Example], test: Sequence[Example],
