@@ -34,6 +34,7 @@ from pretune.use.inference import embed, load_body
 
 METHOD = "linear probe"
 C_GRID = (0.01, 0.1, 1.0, 10.0)  # standardised dense features want stronger regularisation than TF-IDF
+SOLVER = "lbfgs"  # on dense features far faster than the newton-cg that suits TF-IDF
 
 
 def _max_len(body, conf: dict, max_len: int | None) -> int:
@@ -83,7 +84,7 @@ def _probe_texts(loaded, task, train, val, test, labels, seed, grid, batch_size,
     x_train, x_val, x_test = _standardised(*(text_vectors(loaded, task, exs, batch_size, max_len)
                                              for exs in (train, val, test)))
     y_train, y_val, y_test = (label_ids(exs, labels) for exs in (train, val, test))
-    model, c, val_scores = fit_logreg(x_train, y_train, x_val, accuracy(y_val), seed, grid)
+    model, c, val_scores = fit_logreg(x_train, y_train, x_val, accuracy(y_val), seed, grid, SOLVER)
     pred = model.predict(x_test)
     report = classification_report(y_test.tolist(), pred.tolist(), labels)
     return report, [labels[i] for i in pred], c, val_scores, {}
@@ -103,7 +104,7 @@ def _probe_words(loaded, task, train, val, test, seed, grid, batch_size, max_len
     def val_f1(pred: np.ndarray) -> float:
         return word_report(task, val, _split(pred, val))[0]["f1"]
 
-    model, c, val_scores = fit_logreg(x_train, y_train, x_val, val_f1, seed, grid)
+    model, c, val_scores = fit_logreg(x_train, y_train, x_val, val_f1, seed, grid, SOLVER)
     report, pred = word_report(task, test, _split(model.predict(x_test), test))
     return report, pred, c, val_scores, span_limits(task, test)
 
