@@ -21,6 +21,7 @@ from pretune.finetune import stage as ft
 from pretune.finetune.config import FinetuneSection, FinetuneTrainConfig
 from pretune.finetune.data import encode_split
 from pretune.finetune.model import TaskModel
+from pretune.finetune.tasks import sentence_confidence
 from pretune.semisup import selftrain as st
 from pretune.semisup.consistency import Consistency, consistency_loss, from_section, mask_tokens
 from pretune.semisup.pool import read_pool
@@ -95,9 +96,9 @@ def test_ties_go_to_the_earlier_item():
 
 
 def test_sentence_confidence_for_tagging():
-    assert st.sentence_confidence([0.9, 0.5, 1.0], "mean") == pytest.approx(0.8)
-    assert st.sentence_confidence([0.9, 0.5, 1.0], "min") == 0.5
-    assert st.sentence_confidence([], "mean") == 0.0
+    assert sentence_confidence([0.9, 0.5, 1.0], "mean") == pytest.approx(0.8)
+    assert sentence_confidence([0.9, 0.5, 1.0], "min") == 0.5
+    assert sentence_confidence([], "mean") == 0.0
     pool = [Example(line=i + 1, tokens=["w"] * 3) for i in range(3)]
     merged = [(["O", "B-X", "I-X"], [0.9, 0.6, 1.0]), (["O", "O", "O"], [0.8, 0.8, 0.8]),
               (["B-X", "O", "O"], [0.99, 0.99, 0.6])]

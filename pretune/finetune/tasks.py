@@ -24,6 +24,8 @@ from pretune.model.transformer import ModelConfig
 from pretune.text.labeled import Example, LabelMap
 from pretune.training.batches import label_count, row_count
 
+TAG_CONFIDENCE = ("mean", "min")  # how a tagged sentence's confidence comes from its words'
+
 
 def gather_words(logits: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
     """[B, T, K] scores at each word's first subword -> [B, W, K]."""
@@ -35,12 +37,23 @@ def _loss_stats(loss: torch.Tensor, labels: torch.Tensor) -> dict:
     return {"loss": (loss.detach() * n, n)}
 
 
+def sentence_confidence(word_probs, how: str = "mean") -> float:
+    """Confidence of a tagged sentence from the probability of each word's predicted tag: their mean or minimum
+    (min: one doubtful word makes the whole sentence doubtful). An empty sentence has confidence 0."""
+    if how not in TAG_CONFIDENCE:
+        raise ValueError(f"how must be one of {TAG_CONFIDENCE}, got {how!r}")
+    if len(word_probs) == 0:
+        return 0.0
+    return float(np.mean(word_probs) if how == "mean" else np.min(word_probs))
+
+
 class Task:
     """Base class. Subclasses set `name` and `metrics` (the first is the early-stopping default) and implement the
     head, forward, decode, merge, report and prediction."""
 
     name = "base"
     metrics: tuple[str, ...] = ()
+    per_word = False  # labels per word (tag, span) rather than one per input
 
     def head_options(self, sec) -> dict:
         """The [finetune] keys that shape this task's head and encoding (stored in config.json "head")."""
@@ -88,6 +101,11 @@ class Task:
     # ---- self-training
     def confidence(self, m, how: str = "mean") -> float:
         raise InputError(f"self-training supports the tasks classify, pair and tag, not {self.name!r}")
+
+    def pseudo_class(self, m) -> int:
+        """The class a pseudo label counts against for a per-class cap (`pseudo_top_k`); 0 when the cap counts
+        sentences."""
+        return 0
 
     def pseudo_labeled(self, example: Example, labels: list[str], m) -> Example:
         """`example` with the prediction `m` as its label."""
@@ -150,6 +168,9 @@ class Classify(Task):
     def confidence(self, m, how: str = "mean") -> float:
         return float(np.max(m))
 
+    def pseudo_class(self, m) -> int:
+        return int(np.argmax(m))
+
     def pseudo_labeled(self, example: Example, labels: list[str], m) -> Example:
         return dataclasses.replace(example, label=labels[int(np.argmax(m))])
 
@@ -171,6 +192,7 @@ class WordTask(Task):
     """A task over words (tag, span): sentences longer than max_len are split into windows, merged back per word."""
 
     metrics = ("f1", "precision", "recall", "loss")
+    per_word = True
 
     def length_warnings(self, stats: EncodeStats, where: Path, max_len: int) -> list[str]:
         lines = []
@@ -246,12 +268,7 @@ class Tag(WordTask):
 
     def confidence(self, m, how: str = "mean") -> float:
         """A sentence's confidence: the mean (or min) of its words' tag probabilities."""
-        if how not in ("mean", "min"):
-            raise ValueError(f"how must be mean or min, got {how!r}")
-        word_probs = m[1]
-        if not word_probs:
-            return 0.0
-        return float(np.mean(word_probs) if how == "mean" else np.min(word_probs))
+        return sentence_confidence(m[1], how)
 
     def pseudo_labeled(self, example: Example, labels: list[str], m) -> Example:
         return dataclasses.replace(example, tags=list(m[0]))

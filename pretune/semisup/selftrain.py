@@ -39,15 +39,14 @@ from pretune.evaluate.metrics import headline_metrics
 from pretune.finetune.data import encode_split, merge_outputs, run_features
 from pretune.finetune.model import load_task_model
 from pretune.finetune.stage import finetune
+from pretune.finetune.tasks import get_task
 from pretune.interop.hf import open_checkpoint
 from pretune.semisup import consistency
-from pretune.semisup.pool import POOL_TASKS, labeled_pool
+from pretune.semisup.pool import labeled_pool
 from pretune.text.labeled import Example
 from pretune.training import distributed as dist
 from pretune.training.config import resolve_device
 from pretune.training.outdir import prepare_out_dir
-
-TAG_CONFIDENCE = ("mean", "min")
 
 
 # ---- choosing pseudo labels ------------------------------------------------------------------------------------------
@@ -86,44 +85,23 @@ def select_pseudo_labels(probs: np.ndarray, threshold: float | None = None,
     return select_confident(probs.max(1), probs.argmax(1), threshold, top_k)
 
 
-def sentence_confidence(word_probs: Sequence[float], how: str = "mean") -> float:
-    """Confidence of a tagged sentence from the probability of each word's predicted tag: their mean or minimum
-    (min: one doubtful word makes the whole sentence doubtful). An empty sentence has confidence 0."""
-    if how not in TAG_CONFIDENCE:
-        raise ValueError(f"how must be one of {TAG_CONFIDENCE}, got {how!r}")
-    if len(word_probs) == 0:
-        return 0.0
-    return float(np.mean(word_probs) if how == "mean" else np.min(word_probs))
-
-
 def pseudo_label(task: str, labels: list[str], pool: list[Example], merged: list, threshold: float | None,
                  top_k: int | None, tag_confidence: str = "mean") -> list[tuple[Example, float]]:
     """Pool examples with the teacher's labels filled in, and their confidence, most confident first.
 
-    `merged` is the teacher's output per pool example (`finetune.merge_outputs`): classify/pair probabilities [C];
-    tag (tag names, probability per word). For tagging, `top_k` caps the number of sentences (no classes)."""
-    if task in ("classify", "pair"):
-        chosen = select_pseudo_labels(np.stack(merged), threshold, top_k) if merged else []
-        return [(dataclasses.replace(pool[i], label=labels[c]), p) for i, c, p in chosen]
-    if task == "tag":
-        conf = [sentence_confidence(probs, tag_confidence) for _, probs in merged]
-        chosen = select_confident(conf, [0] * len(conf), threshold, top_k)
-        return [(dataclasses.replace(pool[i], tags=list(merged[i][0])), p) for i, _, p in chosen]
-    raise InputError(f"self-training supports the tasks {', '.join(POOL_TASKS)}, not {task!r}")
+    `merged` is the teacher's output per pool example (`finetune.data.merge_outputs`); the task says how confident
+    each is and which class a per-class cap counts it against (tagging: `top_k` caps the number of sentences)."""
+    kind = get_task(task)
+    confidence = [kind.confidence(m, tag_confidence) for m in merged]
+    chosen = select_confident(confidence, [kind.pseudo_class(m) for m in merged], threshold, top_k)
+    return [(kind.pseudo_labeled(pool[i], labels, merged[i]), p) for i, _, p in chosen]
 
 
 # ---- pseudo labels on disk, the teacher's predictions ----------------------------------------------------------------
 def write_pseudo_labels(path: Path, task: str, fields: dict, pseudo: list[tuple[Example, float]]) -> None:
     """JSONL of pseudo-labelled examples, readable by `read_examples` with `fields` (plus their "confidence")."""
-    text_key = fields.get("text_field") or ("text_a" if task == "pair" else "text")
-    b_key, label_key = fields.get("text_b_field") or "text_b", fields.get("label_field") or "label"
-    rows = []
-    for ex, p in pseudo:
-        if task == "tag":
-            row = {"tokens": ex.tokens, "tags": ex.tags}
-        else:
-            row = {text_key: ex.text, **({b_key: ex.text_b} if task == "pair" else {}), label_key: ex.label}
-        rows.append({**row, "confidence": round(p, 6)})
+    kind = get_task(task)
+    rows = [{**kind.record(ex, fields), "confidence": round(p, 6)} for ex, p in pseudo]
     files.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
@@ -198,8 +176,9 @@ def self_train(sections: dict, resume: bool = False, overwrite: bool = False, so
     rounds = _prepare(out, {"finetune": asdict(sec), "train": asdict(tcfg)}, resume, overwrite)
     metric = sec.metric_name()
     greater = metric != "loss"
+    per_word = get_task(sec.task).per_word
     record = {"metric": metric, "greater_is_better": greater, "threshold": sec.pseudo_threshold or None,
-              "top_k": sec.pseudo_top_k or None, "tag_confidence": sec.tag_confidence if sec.task == "tag" else None,
+              "top_k": sec.pseudo_top_k or None, "tag_confidence": sec.tag_confidence if per_word else None,
               "n_gold": len(gold), "pool": pool_info, "rounds": rounds}
     results: dict[int, dict] = {}
     kept = max((r["round"] for r in rounds if r["kept"]), default=None)  # the teacher: the best round so far
@@ -215,7 +194,7 @@ def self_train(sections: dict, resume: bool = False, overwrite: bool = False, so
             chosen = pseudo_label(sec.task, labels, pool, merged, sec.pseudo_threshold, sec.pseudo_top_k,
                                   sec.tag_confidence)
             row["n_pseudo"] = len(chosen)
-            if sec.task in ("classify", "pair"):
+            if not per_word:
                 row["pseudo_per_label"] = dict(sorted(Counter(ex.label for ex, _ in chosen).items()))
             if not chosen:
                 rounds.append({**row, "kept": False, "note": "no pool item passed the confidence threshold"})
