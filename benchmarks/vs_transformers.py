@@ -394,7 +394,7 @@ def pretune_trainer(model, spec: dict, batches, loss_fn, groups=None, lr: float 
                       device=spec["device"], progress=False, compile=bool(spec.get("compile")),
                       warmup_steps=1, seed=0).validate()
     return Trainer(model, cfg, Path(spec["out"]), batches=batches, loss_fn=loss_fn,
-                   save_model=lambda directory, m: None, model_config={}, groups=groups, loss_weight=label_count)
+                   save_model=lambda directory, m: None, groups=groups, loss_weight=label_count)
 
 
 def hf_optimizer(model, lr: float, steps: int):

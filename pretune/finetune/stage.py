@@ -164,7 +164,7 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
         return res["loss"] + uda_loss, {**res["stats"], **uda_stats}
 
     trainer = Trainer(model, run_cfg, out, batches=batches, loss_fn=loss_fn,
-                      save_model=ck.model_writer(config, tok), model_config=config, evaluate=evaluate,
+                      save_model=ck.model_writer(config, tok), evaluate=evaluate,
                       groups=groups, early_stopping=EarlyStopping(metric, greater, sec.patience or None),
                       loss_weight=kind.loss_weight(sec.crf), on_evaluate=on_evaluate)
     result = trainer.fit(resume=resume)
