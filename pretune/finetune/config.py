@@ -40,7 +40,7 @@ class FinetuneSection:
     crf: bool = field(default=False, metadata={"help": "tag: CRF layer (Viterbi decoding, valid BIO only)"})
     all_subwords: bool = field(default=False, metadata={"help": "tag: every subword of a word gets its label"})
     max_span_width: int = field(default=8, metadata={"help": "span: widest candidate span, in words"})
-    label_fraction: float = field(default=1.0, metadata={"help": "train on this random fraction of the labels"})
+    label_fraction: float = field(default=1.0, metadata={"help": "stratified fraction of the labels to train on"})
     label_seed: int = 0
     from_scratch: bool = field(default=False, metadata={"help": "random init of the same architecture (baseline)"})
     # semi-supervised: an unlabeled pool for self-training (pretune.semisup.selftrain) and consistency training (UDA)
