@@ -206,7 +206,7 @@ def test_early_stopping_stops_and_keeps_the_best(tiny_ckpt, tmp_path, monkeypatc
     sections = {
         "finetune": FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train),
                                        validation=str(val), out=str(tmp_path / "run"), epochs=6, patience=2,
-                                       max_len=16),
+                                       max_len=16, min_steps=0),
         "train": FinetuneTrainConfig(batch_size=8, lr=1e-3, progress=False),
     }
     result = ft.finetune(sections)
@@ -229,7 +229,7 @@ def test_finetune_loads_the_pretrained_body(tiny_ckpt, tmp_path):
 
     train, val = _classify_files(tmp_path)
     sec = FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train), validation=str(val),
-                             out=str(tmp_path / "run"), epochs=1, max_len=16, freeze="body")
+                             out=str(tmp_path / "run"), epochs=1, max_len=16, freeze="body", min_steps=0)
     ft.finetune({"finetune": sec, "train": FinetuneTrainConfig(batch_size=8, progress=False)})
     pre = load_checkpoint(tiny_ckpt).state_dict
     model, _, _ = load_task_model(tmp_path / "run")
@@ -247,7 +247,7 @@ def test_resume_gives_the_uninterrupted_weights(tiny_ckpt, tmp_path):
 
     def sections(out: str, **train_kw):
         sec = FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train), validation=str(val),
-                                 out=str(tmp_path / out), epochs=3, max_len=16, patience=0)
+                                 out=str(tmp_path / out), epochs=3, max_len=16, patience=0, min_steps=0)
         return {"finetune": sec, "train": FinetuneTrainConfig(batch_size=8, lr=1e-3, progress=False, **train_kw)}
 
     ft.finetune(sections("full"))

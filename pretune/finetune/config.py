@@ -34,10 +34,13 @@ class FinetuneSection:
     layer_lr_decay: float = field(default=1.0, metadata={"help": "lr of layer l = lr * decay^(layers - l)"})
     metric: str = field(default="auto", metadata={"help": "early-stopping metric (auto: accuracy / f1)"})
     patience: int = field(default=3, metadata={"help": "epochs without gain before stopping (0: never stop)"})
+    min_steps: int = field(default=150, metadata={
+        "help": "train at least this many optimizer steps: epochs are raised to reach it and early stopping waits "
+                "for it (150: 50 labels at batch 32 get 75 epochs, not 10 steps); an explicit --max-steps still caps"})
     crf: bool = field(default=False, metadata={"help": "tag: CRF layer (Viterbi decoding, valid BIO only)"})
     all_subwords: bool = field(default=False, metadata={"help": "tag: every subword of a word gets its label"})
     max_span_width: int = field(default=8, metadata={"help": "span: widest candidate span, in words"})
-    label_fraction: float = field(default=1.0, metadata={"help": "train on this random fraction of the labels"})
+    label_fraction: float = field(default=1.0, metadata={"help": "stratified fraction of the labels to train on"})
     label_seed: int = 0
     from_scratch: bool = field(default=False, metadata={"help": "random init of the same architecture (baseline)"})
     # semi-supervised: an unlabeled pool for self-training (pretune.semisup.selftrain) and consistency training (UDA)
@@ -82,6 +85,8 @@ class FinetuneSection:
             raise bad(f"metric for task {self.task} must be auto or one of {metrics}, got {self.metric!r}")
         if self.patience < 0:
             raise bad(f"patience must be >= 0, got {self.patience}")
+        if self.min_steps < 0:
+            raise bad(f"min_steps must be >= 0, got {self.min_steps}")
         if self.crf and self.task != "tag":
             raise bad("crf applies to task tag only")
         if self.crf and self.all_subwords:
@@ -149,9 +154,11 @@ class FinetuneTrainConfig(TrainConfig):
         TrainConfig.validate(dataclasses.replace(self, **probe), source)
         return self
 
-    def resolve(self, steps_per_epoch: int, epochs: int) -> TrainConfig:
-        """A plain TrainConfig with the per-epoch defaults filled in."""
+    def resolve(self, steps_per_epoch: int, epochs: int, min_steps: int = 0) -> TrainConfig:
+        """A plain TrainConfig with the per-epoch defaults filled in. Epochs are raised until they give at least
+        `min_steps` optimizer steps (a floor on steps); an explicit max_steps caps the total all the same."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        epochs = max(epochs, -(-min_steps // steps_per_epoch))  # ceil(min_steps / steps_per_epoch)
         total = epochs * steps_per_epoch
         values["max_steps"] = min(total, self.max_steps) if self.max_steps else total
         values["eval_every"] = self.eval_every or steps_per_epoch

@@ -4,6 +4,7 @@ validation, `evaluate`, self-training and `pretune.use.inference.predict`."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +39,32 @@ def length_warnings(data: TaskData, task: str, max_len: int) -> list[str]:
 
 
 def subsample(examples: list[Example], fraction: float, seed: int) -> list[Example]:
-    """A random `fraction` of the examples (at least one), in file order."""
+    """A stratified `fraction` of the examples, in file order: per stratum (classify/pair: the label; tag/span: the
+    example's rarest entity type, or "O" for none) round(fraction x n) examples but at least one, so no class that
+    has an example vanishes. Deterministic for (fraction, seed); fraction 1 returns the input unchanged."""
     if fraction >= 1:
         return examples
-    k = max(1, round(fraction * len(examples)))
-    keep = sorted(random.Random(seed).sample(range(len(examples)), k))
-    return [examples[i] for i in keep]
+    strata: dict[str, list[int]] = {}
+    for i, key in enumerate(_strata_keys(examples)):
+        strata.setdefault(key, []).append(i)
+    rng = random.Random(seed)
+    keep = [i for key in sorted(strata) for i in rng.sample(strata[key], max(1, round(fraction * len(strata[key]))))]
+    return [examples[i] for i in sorted(keep)]
+
+
+def _entity_types(ex: Example) -> set[str]:
+    if ex.spans is not None:
+        return {label for _, _, label in ex.spans}
+    return {t[2:] if t[1:2] == "-" else t for t in ex.tags or [] if t != "O"}  # B-PER, I-PER -> PER
+
+
+def _strata_keys(examples: list[Example]) -> list[str]:
+    """classify/pair: the label; tag/span: the rarest entity type of the example (fewest examples with it), or O."""
+    if all(ex.label is not None for ex in examples):
+        return [ex.label for ex in examples]
+    types = [_entity_types(ex) for ex in examples]
+    count = Counter(t for ts in types for t in ts)
+    return [min(ts, key=lambda t: (count[t], t)) if ts else "O" for ts in types]
 
 
 # ---- running a model over features -----------------------------------------------------------------------------------

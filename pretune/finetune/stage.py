@@ -127,7 +127,9 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
 
     batches = BatchSource(train.features, tcfg.batch_size, collate, seed=tcfg.seed, plan=plan)
     steps_per_epoch = max(1, len(plan(0)) // tcfg.grad_accum)
-    run_cfg = tcfg.resolve(steps_per_epoch, sec.epochs) if isinstance(tcfg, FinetuneTrainConfig) else tcfg
+    run_cfg = tcfg
+    if isinstance(tcfg, FinetuneTrainConfig):  # epochs (raised to the floor of min_steps) -> steps
+        run_cfg = tcfg.resolve(steps_per_epoch, sec.epochs, sec.min_steps)
 
     out = Path(sec.out)
     if out.resolve() == init.path.resolve() or out.resolve() in init.path.resolve().parents:
@@ -165,7 +167,7 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
 
     trainer = Trainer(model, run_cfg, out, batches=batches, loss_fn=loss_fn,
                       save_model=ck.model_writer(config, tok), evaluate=evaluate,
-                      groups=groups, early_stopping=EarlyStopping(metric, greater, sec.patience or None),
+                      groups=groups, early_stopping=EarlyStopping(metric, greater, sec.patience or None, sec.min_steps),
                       loss_weight=kind.loss_weight(sec.crf), on_evaluate=on_evaluate)
     result = trainer.fit(resume=resume)
     idle = uda.idle_warning() if uda is not None and dist.is_main() else None

@@ -127,8 +127,10 @@ def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: P
     """One fine-tuning run (the pretrained model, or the baseline when from_scratch) in `name`/. The pretrained model
     is self-trained / consistency-trained when [finetune] asks for it; the baseline is always the plain fine-tune."""
     sec = dataclasses.replace(cfg.finetune, checkpoint=str(checkpoint), from_scratch=from_scratch)
-    if from_scratch:
-        sec = dataclasses.replace(sec, self_training_rounds=0, uda_weight=0.0)
+    if from_scratch:  # a fair baseline: nothing that only makes sense for a pretrained body. freeze -> none (frozen
+        # random layers would never learn), layer_lr_decay -> 1 (it shrinks the lr of "general" lower layers, which
+        # random layers are not); head_lr stays (the new head is new in both models); the plain fine-tune only
+        sec = dataclasses.replace(sec, freeze="none", layer_lr_decay=1.0, self_training_rounds=0, uda_weight=0.0)
     if not sec.self_training_rounds:  # self-training records each round's test metrics; others leave test to evaluate
         sec = dataclasses.replace(sec, test=None)
     if label_fraction is not None:

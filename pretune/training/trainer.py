@@ -41,6 +41,7 @@ class EarlyStopping:
     metric: str
     greater_is_better: bool = True
     patience: int | None = None
+    min_steps: int = 0  # evaluations before this step never count against patience
 
 
 @dataclass
@@ -215,7 +216,7 @@ class Trainer:
             if self._improved(metrics):
                 self.best, self.bad_evals = metrics[self.early.metric], 0
                 self.save("best", with_optimizer=False)
-            else:
+            elif self.step >= self.early.min_steps:  # patience counts only from the floor on steps on
                 self.bad_evals += 1
                 out_of_patience = self.early.patience is not None and self.bad_evals >= self.early.patience
         if self.on_evaluate is not None:
