@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pretune.compare.table import format_table, label_counts, table_from_summary
 from pretune.evaluate.metrics import HEADLINE_KEYS, headline_metrics
 from pretune.evaluate.plots import (
     MODELS,
+    comparison_plot,
     confusion_plot,
     finetuning_plot,
     percent,
@@ -87,6 +89,18 @@ def format_summary(summary: dict) -> str:
     if best:
         lines.append(f"fine-tuned with the best values of a {summary['tune'].get('trials', '?')}-trial search "
                      f"(trial {best.get('number')})")
+    if summary.get("comparison"):
+        lines += ["", format_comparison(summary["comparison"])]
+    return "\n".join(lines)
+
+
+def format_comparison(comparison: dict) -> str:
+    """The terminal comparison: every method x label count (test metric, best starred), the winner sentence, a
+    warning per method that predicted a single class, and what a method cannot represent."""
+    lines = [f"comparison (test {comparison['metric']} by number of training labels; * best)",
+             format_table(table_from_summary(comparison), comparison["metric"]), "", comparison["sentence"]]
+    lines += [f"WARNING: {m} predicts a single class on the test set" for m in comparison.get("one_class", [])]
+    lines += [f"note: {n}" for n in comparison.get("notes", [])]
     return "\n".join(lines)
 
 
@@ -153,6 +167,21 @@ def _gain_cell(g: float) -> _Raw:
 
 def _section(id_: str, title: str, body: str) -> str:
     return f'<section id="{id_}"><h2>{_esc(title)}</h2>\n{body}\n</section>'
+
+
+def _comparison_section(comparison: dict) -> str:
+    """The sentence, every method x label count (test metric; the best of each column in bold), one-class flags,
+    and every method on the label-efficiency plot."""
+    metric, table = comparison["metric"], table_from_summary(comparison)
+    counts = label_counts(table)
+    rows = [[m, *(_Raw(f"<b>{row[n][metric]:.4f}</b>") if m in comparison["best"].get(str(n), []) else
+                  row.get(n, {}).get(metric) for n in counts)] for m, row in table.items()]
+    warn = "".join(f'<p class="bad">{_esc(m)} predicts a single class on the test set.</p>'
+                   for m in comparison.get("one_class", []))
+    notes = "".join(f'<p class="note">{_esc(n)}</p>' for n in comparison.get("notes", []))
+    plot = comparison_plot(table, metric) if len(counts) > 1 else None
+    return (f"<p><b>{_esc(comparison['sentence'])}</b></p>" + warn
+            + _table(["method", *(f"{n:,} labels" for n in counts)], rows) + notes + (plot or ""))
 
 
 def _results_section(data: ReportData) -> str:
@@ -334,6 +363,9 @@ def render_report(data: ReportData) -> str:
         sections.append(_section(id_, title, body))
         nav.append(f'<a href="#{id_}">{_esc(title)}</a>')
 
+    if s.get("comparison"):
+        add("comparison", f"Comparison of every method (test {s['comparison']['metric']})",
+            _comparison_section(s["comparison"]))
     add("results", "Test results: pretrained vs. baseline", _results_section(data))
     if s.get("self_training"):
         add("self-training", "Self-training rounds", _self_training_section(s["self_training"]))
