@@ -170,8 +170,7 @@ def _section(id_: str, title: str, body: str) -> str:
 
 
 def _comparison_section(comparison: dict) -> str:
-    """The sentence, every method x label count (test metric; the best of each column in bold), one-class flags,
-    and every method on the label-efficiency plot."""
+    """The sentence, every method x label count (test metric; the best of each column in bold), one-class flags."""
     metric, table = comparison["metric"], table_from_summary(comparison)
     counts = label_counts(table)
     rows = [[m, *(_Raw(f"<b>{row[n][metric]:.4f}</b>") if m in comparison["best"].get(str(n), []) else
@@ -179,9 +178,8 @@ def _comparison_section(comparison: dict) -> str:
     warn = "".join(f'<p class="bad">{_esc(m)} predicts a single class on the test set.</p>'
                    for m in comparison.get("one_class", []))
     notes = "".join(f'<p class="note">{_esc(n)}</p>' for n in comparison.get("notes", []))
-    plot = comparison_plot(table, metric) if len(counts) > 1 else None
     return (f"<p><b>{_esc(comparison['sentence'])}</b></p>" + warn
-            + _table(["method", *(f"{n:,} labels" for n in counts)], rows) + notes + (plot or ""))
+            + _table(["method", *(f"{n:,} labels" for n in counts)], rows) + notes)
 
 
 def _results_section(data: ReportData) -> str:
@@ -381,7 +379,9 @@ def render_report(data: ReportData) -> str:
                  _gain_cell(p["pretrained"][sm] - p["baseline"][sm])
                  if sm in p.get("pretrained", {}) and sm in p.get("baseline", {}) else ""]
                 for p in s["sweep"]]
-        body = (sweep_plot(s["sweep"], sm) or "") + _table(["labels", "examples", *MODELS, "gain"], rows)
+        comp = s.get("comparison")  # with [compare]: every method on the plot
+        plot = comparison_plot(table_from_summary(comp), comp["metric"]) if comp else sweep_plot(s["sweep"], sm)
+        body = (plot or "") + _table(["labels", "examples", *MODELS, "gain"], rows)
         add("label-efficiency", f"Label efficiency (test {sm})", body)
     add("errors", "Errors by class", _errors_section(data))
     add("examples", "Test examples", _examples_section(data))
