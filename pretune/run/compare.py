@@ -19,7 +19,7 @@ from pretune.compare.probe import fit_probe
 from pretune.compare.table import best_per_column, winner_sentence
 from pretune.evaluate.metrics import headline_metrics
 from pretune.finetune.data import subsample
-from pretune.run.config import PipelineConfig
+from pretune.run.config import PipelineConfig, checkpoint_name
 from pretune.run.stages import Runner, StageResult, file_hash
 from pretune.run.steps import stage_finetune
 from pretune.text.labeled import read_examples
@@ -62,7 +62,7 @@ def checkpoint_finetunes(runner: Runner, cfg: PipelineConfig, points: dict[float
         return {}
     out = {}
     for path in cfg.compare.checkpoints:
-        name, upstream = Path(path).name, {"checkpoint": folder_fp(path)}
+        name, upstream = checkpoint_name(path), {"checkpoint": folder_fp(path)}
         for fraction, seed in points.items():
             stage = f"compare/{name}-{fraction:g}"
             out[stage] = (stage_finetune(runner, cfg, stage, Path(path), upstream, from_scratch=False,
@@ -83,7 +83,7 @@ def stage_compare(runner: Runner, cfg: PipelineConfig, points: dict[float, int])
         d.mkdir(parents=True, exist_ok=True)
         train_all, val, test = (read_examples(getattr(sec, s), sec.task, **sec.fields())
                                 for s in ("train", "validation", "test"))
-        bodies = {Path(p).name: load_body(p, cfg.run.device) for p in probes}
+        bodies = {checkpoint_name(p): load_body(p, cfg.run.device) for p in probes}
         rows = []
         for fraction, seed in points.items():
             train = subsample(train_all, fraction, seed)  # exactly the subset fine-tuning uses

@@ -152,10 +152,17 @@ class CompareSection:
             if not Path(path).is_dir():
                 raise InputError("[compare] checkpoints: no such folder (a pretune checkpoint or a Hugging Face "
                                  "model folder)", path=path)
-        if len({Path(p).name for p in self.checkpoints}) != len(self.checkpoints):
+        if len({checkpoint_name(p) for p in self.checkpoints}) != len(self.checkpoints):
             raise InputError("[compare] checkpoints: two folders have the same name; the report names each "
                              "checkpoint by its folder", path=source)
         return self
+
+
+def checkpoint_name(path: str | Path) -> str:
+    """How the report names a [compare] checkpoint: its folder's name, or the parent's for a folder named "model"
+    (pretune's run/model, a package's bundled model/)."""
+    p = Path(path)
+    return p.parent.name if p.name == "model" else p.name
 
 
 @dataclass

@@ -9,6 +9,8 @@ Stages, each in its own folder of the run directory:
     finetune/    fine-tuning of the pretrained model on the labeled training set, early stopping on validation
     baseline/    the same fine-tuning from a random initialisation of the same architecture (never self-trained)
     sweep/       optional: both again on fractions of the labels ([sweep] label_fractions)
+    compare/     on by default ([compare]): the alternatives on the same label subsets (pretune/run/compare.py):
+                 fits/ the classic baseline and linear probes, <checkpoint>-<fraction>/ named checkpoints fine-tuned
     evaluate/    every model on the held-out test set: <model>.json (metrics, confusion, predictions)
     report/      report.html (self-contained) and summary.json; the summary table is also printed
 
