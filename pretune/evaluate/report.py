@@ -1,7 +1,8 @@
 """The run report: one self-contained report.html (plots are matplotlib PNGs embedded as base64) and a terminal table.
 
 `write_report` takes plain data (the pipeline gathers it from the run directory), so a report can be rebuilt from the
-files of a finished run. Sections, each an element with a fixed id: config, data, pretraining, finetuning, results,
+files of a finished run. Sections, each an element with a fixed id: comparison (when [compare] ran: every method
+x label count and the winner sentence), config, data, pretraining, finetuning, results,
 label-efficiency (when swept), tuning (when a hyperparameter search ran), self-training (when it ran), errors
 (confusion matrix or per-entity table), examples.
 """
