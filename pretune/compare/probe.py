@@ -29,8 +29,9 @@ from pretune.compare.classic import (
 )
 from pretune.errors import InputError
 from pretune.evaluate.metrics import classification_report
-from pretune.text.labeled import Example, collate, encode_examples, length_grouped_batches
-from pretune.use.inference import embed, load_body
+from pretune.finetune.encode import collate, encode_examples
+from pretune.text.labeled import Example, length_grouped_batches
+from pretune.use.embed import embed, load_body
 
 METHOD = "linear probe"
 C_GRID = (0.01, 0.1, 1.0, 10.0)  # standardised dense features want stronger regularisation than TF-IDF

@@ -20,6 +20,12 @@ def table_from_results(results: Iterable[dict]) -> Table:
     return table
 
 
+def table_from_summary(comparison: dict) -> Table:
+    """summary.json's "comparison" table ({method: {"200": score}}) back as a Table."""
+    metric = comparison["metric"]
+    return {m: {int(n): {metric: v} for n, v in row.items()} for m, row in comparison["table"].items()}
+
+
 def label_counts(table: Table) -> list[int]:
     """Every label count any method was run with, ascending."""
     return sorted({n for row in table.values() for n in row})

@@ -157,23 +157,40 @@ def sweep_plot(points: list[dict], metric: str) -> str | None:
     """Test metric against the number of labels used (log scale), one line per model."""
     if not points:
         return None
-    from matplotlib.ticker import NullLocator
-
     fig, (ax,) = _figure(1, width=6.0, height=3.8)
     for name in MODELS:
         pts = sorted((p["n_train"], p[name][metric]) for p in points if metric in p.get(name, {}))
         if pts:
             ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", label=name, color=COLORS[name])
-    ax.set_xscale("log")
     ticks = sorted({p["n_train"]: p["fraction"] for p in points if p.get("n_train")}.items())
-    ax.set_xticks([n for n, _ in ticks], [f"{n:,}\n({percent(f)})" for n, f in ticks], fontsize=8)
+    return _label_axis(fig, ax, {n: f"{n:,}\n({percent(f)})" for n, f in ticks}, metric, "label efficiency")
+
+
+def _label_axis(fig, ax, ticks: dict[int, str], metric: str, title: str) -> str:
+    """Finish a label-efficiency plot: log-scale label counts with these tick texts; returns the PNG."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log")
+    ax.set_xticks(list(ticks), list(ticks.values()), fontsize=8)
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("labeled training examples (log scale)")
     ax.set_ylabel(f"test {metric}")
-    ax.set_title("label efficiency")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def comparison_plot(table: dict[str, dict[int, dict]], metric: str) -> str | None:
+    """Test metric against the number of labels (log scale), one line per method of a comparison table."""
+    if not table:
+        return None
+    fig, (ax,) = _figure(1, width=6.5, height=4.0)
+    for method, row in table.items():
+        pts = sorted((n, r[metric]) for n, r in row.items())
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", label=method)
+    counts = sorted({n for row in table.values() for n in row})
+    return _label_axis(fig, ax, {n: f"{n:,}" for n in counts}, metric, "label efficiency of every method")
 
 
 def confusion_plot(reports: dict[str, dict]) -> str | None:

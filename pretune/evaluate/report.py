@@ -1,7 +1,8 @@
 """The run report: one self-contained report.html (plots are matplotlib PNGs embedded as base64) and a terminal table.
 
 `write_report` takes plain data (the pipeline gathers it from the run directory), so a report can be rebuilt from the
-files of a finished run. Sections, each an element with a fixed id: config, data, pretraining, finetuning, results,
+files of a finished run. Sections, each an element with a fixed id: comparison (when [compare] ran: every method
+x label count and the winner sentence), config, data, pretraining, finetuning, results,
 label-efficiency (when swept), tuning (when a hyperparameter search ran), self-training (when it ran), errors
 (confusion matrix or per-entity table), examples.
 """
@@ -14,9 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pretune.compare.table import format_table, label_counts, table_from_summary
 from pretune.evaluate.metrics import HEADLINE_KEYS, headline_metrics
 from pretune.evaluate.plots import (
     MODELS,
+    comparison_plot,
     confusion_plot,
     finetuning_plot,
     percent,
@@ -87,6 +90,18 @@ def format_summary(summary: dict) -> str:
     if best:
         lines.append(f"fine-tuned with the best values of a {summary['tune'].get('trials', '?')}-trial search "
                      f"(trial {best.get('number')})")
+    if summary.get("comparison"):
+        lines += ["", format_comparison(summary["comparison"])]
+    return "\n".join(lines)
+
+
+def format_comparison(comparison: dict) -> str:
+    """The terminal comparison: every method x label count (test metric, best starred), the winner sentence, a
+    warning per method that predicted a single class, and what a method cannot represent."""
+    lines = [f"comparison (test {comparison['metric']} by number of training labels; * best)",
+             format_table(table_from_summary(comparison), comparison["metric"]), "", comparison["sentence"]]
+    lines += [f"WARNING: {m} predicts a single class on the test set" for m in comparison.get("one_class", [])]
+    lines += [f"note: {n}" for n in comparison.get("notes", [])]
     return "\n".join(lines)
 
 
@@ -153,6 +168,19 @@ def _gain_cell(g: float) -> _Raw:
 
 def _section(id_: str, title: str, body: str) -> str:
     return f'<section id="{id_}"><h2>{_esc(title)}</h2>\n{body}\n</section>'
+
+
+def _comparison_section(comparison: dict) -> str:
+    """The sentence, every method x label count (test metric; the best of each column in bold), one-class flags."""
+    metric, table = comparison["metric"], table_from_summary(comparison)
+    counts = label_counts(table)
+    rows = [[m, *(_Raw(f"<b>{row[n][metric]:.4f}</b>") if m in comparison["best"].get(str(n), []) else
+                  row.get(n, {}).get(metric) for n in counts)] for m, row in table.items()]
+    warn = "".join(f'<p class="bad">{_esc(m)} predicts a single class on the test set.</p>'
+                   for m in comparison.get("one_class", []))
+    notes = "".join(f'<p class="note">{_esc(n)}</p>' for n in comparison.get("notes", []))
+    return (f"<p><b>{_esc(comparison['sentence'])}</b></p>" + warn
+            + _table(["method", *(f"{n:,} labels" for n in counts)], rows) + notes)
 
 
 def _results_section(data: ReportData) -> str:
@@ -334,6 +362,9 @@ def render_report(data: ReportData) -> str:
         sections.append(_section(id_, title, body))
         nav.append(f'<a href="#{id_}">{_esc(title)}</a>')
 
+    if s.get("comparison"):
+        add("comparison", f"Comparison of every method (test {s['comparison']['metric']})",
+            _comparison_section(s["comparison"]))
     add("results", "Test results: pretrained vs. baseline", _results_section(data))
     if s.get("self_training"):
         add("self-training", "Self-training rounds", _self_training_section(s["self_training"]))
@@ -349,7 +380,9 @@ def render_report(data: ReportData) -> str:
                  _gain_cell(p["pretrained"][sm] - p["baseline"][sm])
                  if sm in p.get("pretrained", {}) and sm in p.get("baseline", {}) else ""]
                 for p in s["sweep"]]
-        body = (sweep_plot(s["sweep"], sm) or "") + _table(["labels", "examples", *MODELS, "gain"], rows)
+        comp = s.get("comparison")  # with [compare]: every method on the plot
+        plot = comparison_plot(table_from_summary(comp), comp["metric"]) if comp else sweep_plot(s["sweep"], sm)
+        body = (plot or "") + _table(["labels", "examples", *MODELS, "gain"], rows)
         add("label-efficiency", f"Label efficiency (test {sm})", body)
     add("errors", "Errors by class", _errors_section(data))
     add("examples", "Test examples", _examples_section(data))

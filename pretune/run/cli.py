@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 from pretune.errors import InputError
-from pretune.evaluate.report import format_summary
+from pretune.evaluate.report import format_comparison, format_summary
 from pretune.run.config import load_config
-from pretune.run.pipeline import run_pipeline, start_run
+from pretune.run.pipeline import run_comparison, run_pipeline, start_run
 from pretune.run.tune import format_search, params_text, read_search, stage_tune, write_best_config
 
 DEFAULT_TRIALS = 20  # `pretune tune` when neither --trials nor [tune] trials says
@@ -45,6 +45,16 @@ def cmd_run(args) -> None:
     print(f"\nthis run took {time.perf_counter() - t0:.0f} s (the stages of these results: "
           f"{summary.get('compute_seconds', 0):.0f} s)")
     print(f"report: {root / 'report' / 'report.html'}\nsummary: {root / 'report' / 'summary.json'}")
+
+
+def cmd_compare(args) -> None:
+    cfg = load_config(args.config, overrides=cli_overrides(args), out=args.out)
+    t0 = time.perf_counter()
+    comparison = run_comparison(cfg, force=args.force)
+    print()
+    print(format_comparison(comparison))
+    path = Path(cfg.run.out) / "compare" / "comparison.json"
+    print(f"\nthis took {time.perf_counter() - t0:.0f} s; comparison: {path}")
 
 
 def cmd_tune(args) -> None:
@@ -104,3 +114,13 @@ def register_cli(sub) -> None:
     p.add_argument("--trials", type=int, default=None, help=f"[tune] trials (default {DEFAULT_TRIALS})")
     p.add_argument("--timeout", type=float, default=None, help="[tune] timeout: no new trial after this many seconds")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser(
+        "compare", help="only the comparison: classic baselines and [compare] checkpoints on the same labels",
+        description="Run only the comparison stage of `pretune run` (no tokenizer, no pretraining) on the config's "
+                    "labeled data, in the same --out: the classic baseline (TF-IDF + logistic regression, or a CRF), "
+                    "and for each [compare] checkpoint a linear probe and a fine-tuning, at the main run's label "
+                    "fraction and every sweep fraction. pretune's models join the table when the run directory "
+                    "already holds their report. Prints the table and which method wins at each label count.")
+    add_run_arguments(p, "e.g. --set compare.checkpoints=[\"path/to/model\"]", "re-run the comparison")
+    p.set_defaults(func=cmd_compare)

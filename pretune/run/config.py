@@ -41,6 +41,11 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[sweep] label_fractions` | `[]` | e.g. `[0.01, 0.1, 1.0]`: fine-tune both models on these fractions of the labels |
 | `[sweep] label_seed` | `0` | which examples each fraction keeps |
 | `[tune] trials`, ... | `0` | `> 0`: search the fine-tuning hyperparameters first (`pretune/run/tune.py`) |
+| `[compare] enabled` | `true` | compare with the alternatives below on the same label subsets and test set |
+| `[compare] classic` | `true` | TF-IDF + logistic regression (classify, pair) or a CRF (tag, span) |
+| `[compare] checkpoints` | `[]` | pretune or Hugging Face folders to compare with (nothing is downloaded) |
+| `[compare] probe` | `true` | a linear probe (frozen mean-pooled features + logistic regression) of each checkpoint |
+| `[compare] finetune_checkpoints` | `true` | each checkpoint fine-tuned as published with the [finetune] settings |
 
 `[finetune] checkpoint`, `out`, `from_scratch` and `[pretrain] shards`, `out` are set by the pipeline. Any key can
 be overridden on the command line: `pretune run my.toml --set pretrain.trainer.max_steps=2000 --set run.seed=1`.
@@ -62,7 +67,7 @@ from pretune.finetune.config import SECTIONS as FT_SECTIONS
 from pretune.pretrain.stage import SECTIONS as PT_SECTIONS
 
 DEFAULT_CONFIG = "default.toml"
-TABLES = ("run", "corpus", "tokenizer", "pretrain", "finetune", "sweep", "tune")
+TABLES = ("run", "corpus", "tokenizer", "pretrain", "finetune", "sweep", "tune", "compare")
 RUN_WIDE = ("device", "progress")  # trainer keys set for every stage in [run]
 
 # [tune]: a searched key -> (the PipelineConfig attribute holding it, how it is sampled)
@@ -135,6 +140,32 @@ class SweepSection:
 
 
 @dataclass
+class CompareSection:
+    enabled: bool = True
+    classic: bool = True
+    checkpoints: list[str] = field(default_factory=list)  # absolute once loaded
+    probe: bool = True
+    finetune_checkpoints: bool = True
+
+    def validate(self, source=None) -> CompareSection:
+        for path in self.checkpoints:
+            if not Path(path).is_dir():
+                raise InputError("[compare] checkpoints: no such folder (a pretune checkpoint or a Hugging Face "
+                                 "model folder)", path=path)
+        if len({checkpoint_name(p) for p in self.checkpoints}) != len(self.checkpoints):
+            raise InputError("[compare] checkpoints: two folders have the same name; the report names each "
+                             "checkpoint by its folder", path=source)
+        return self
+
+
+def checkpoint_name(path: str | Path) -> str:
+    """How the report names a [compare] checkpoint: its folder's name, or the parent's for a folder named "model"
+    (pretune's run/model, a package's bundled model/)."""
+    p = Path(path)
+    return p.parent.name if p.name == "model" else p.name
+
+
+@dataclass
 class PipelineConfig:
     """The resolved configuration of one run (paths absolute)."""
 
@@ -149,6 +180,7 @@ class PipelineConfig:
     sweep: SweepSection
     source: str
     tune: TuneSection | None = None  # [tune]: the hyperparameter search
+    compare: CompareSection = field(default_factory=CompareSection)  # [compare]: the alternatives
 
     def to_toml(self) -> str:
         """The resolved config as TOML (what `--print-config` shows and the run directory records)."""
@@ -164,6 +196,7 @@ class PipelineConfig:
             "finetune.trainer": _without(asdict(self.finetune_trainer), RUN_WIDE),
             "sweep": asdict(self.sweep),
             **({"tune": asdict(self.tune)} if self.tune is not None else {}),
+            "compare": asdict(self.compare),
         }
         return f"# resolved from {self.source}\n\n" + toml_tables(tables)
 
@@ -244,7 +277,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 PATH_KEYS = {("corpus", "files"), ("finetune", "train"), ("finetune", "validation"), ("finetune", "test"),
-             ("finetune", "unlabeled"), ("pretrain", "init_from"), ("tokenizer", "file")}
+             ("finetune", "unlabeled"), ("pretrain", "init_from"), ("tokenizer", "file"),
+             ("compare", "checkpoints")}
 
 
 def _resolve_paths(raw: dict, base: Path) -> None:
@@ -327,8 +361,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not run.skip_pretraining and not corpus.files:
         raise InputError("[corpus] files is required: the unlabeled text to pretrain on", path=source)
     tune = from_dict(TuneSection, _table(raw, "tune", source), source, "tune")
+    compare = from_dict(CompareSection, _table(raw, "compare", source), source, "compare")
     return PipelineConfig(run, corpus, tokenizer, pretrain_sec, model, pretrain_trainer, finetune_sec,
-                          finetune_trainer, sweep, source, tune)
+                          finetune_trainer, sweep, source, tune, compare)
 
 
 def _trainer_values(values: dict, run: RunSection, where: str, source) -> dict:

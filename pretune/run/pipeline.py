@@ -9,6 +9,8 @@ Stages, each in its own folder of the run directory:
     finetune/    fine-tuning of the pretrained model on the labeled training set, early stopping on validation
     baseline/    the same fine-tuning from a random initialisation of the same architecture (never self-trained)
     sweep/       optional: both again on fractions of the labels ([sweep] label_fractions)
+    compare/     on by default ([compare]): the alternatives on the same label subsets (pretune/run/compare.py):
+                 fits/ the classic baseline and linear probes, <checkpoint>-<fraction>/ named checkpoints fine-tuned
     evaluate/    every model on the held-out test set: <model>.json (metrics, confusion, predictions)
     report/      report.html (self-contained) and summary.json; the summary table is also printed
 
@@ -24,6 +26,7 @@ Configuration: see `pretune/run/config.py`; the hyperparameter search: `pretune/
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -31,8 +34,17 @@ import torch
 
 from pretune import files
 from pretune.errors import InputError
+from pretune.run.compare import (
+    checkpoint_finetunes,
+    comparison,
+    evaluated_rows,
+    label_points,
+    pretune_method,
+    stage_compare,
+    table_metric,
+)
 from pretune.run.config import PipelineConfig
-from pretune.run.stages import FORMAT_VERSION, Runner, architecture_fp, file_hash
+from pretune.run.stages import FORMAT_VERSION, Runner, StageResult, architecture_fp, file_hash, read_record
 from pretune.run.steps import (
     stage_evaluate,
     stage_finetune,
@@ -126,9 +138,55 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
             models[name] = stage_finetune(runner, cfg, name, base, upstream, scratch, label_fraction=f,
                                           label_seed=cfg.sweep.label_seed)
             sweep_models[name] = (f, model)
-    evaluation = stage_evaluate(runner, cfg, models)
+    alternatives = checkpoint_finetunes(runner, cfg, label_points(cfg))
+    evaluation = stage_evaluate(runner, cfg, {**models, **{n: st for n, (st, _) in alternatives.items()}})
     points = sweep_points(cfg, models, evaluation, sweep_models)
-    report = stage_report(runner, cfg, dict(stages), evaluation, points, wall_start)
+    methods = {n: (st, pretune_method(n)) for n, st in models.items()}
+    compared = compare_stage(runner, cfg, {**methods, **alternatives}, evaluation)
+    report = stage_report(runner, cfg, dict(stages), evaluation, points, wall_start, compared)
     summary = files.read_json(report.directory / "summary.json")
     return summary
 
+
+
+def compare_stage(runner: Runner, cfg: PipelineConfig, methods: dict, evaluation: StageResult | None,
+                  earlier: list[dict] | None = None) -> dict | None:
+    """The [compare] stage and the comparison of every method: the fine-tuned models `methods` ({stage name:
+    (stage, method)}, scored in `evaluation`), the classic baseline and probes, and `earlier` rows."""
+    if not cfg.compare.enabled:
+        return None
+    fits = stage_compare(runner, cfg, label_points(cfg))
+    rows = (evaluated_rows(methods, evaluation) if evaluation else []) + list(earlier or []) + fits.result["rows"]
+    return comparison(table_metric(cfg), rows)
+
+
+def run_comparison(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
+    """`pretune compare`: only the [compare] stage (no tokenizer, no pretraining) in the run directory, with
+    pretune's models when the directory's last report holds them. Returns the comparison (also in
+    compare/comparison.json)."""
+    check_inputs(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, skip_pretraining=True),
+                                     pretrain=dataclasses.replace(cfg.pretrain, init_from=None)))
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    root = Path(cfg.run.out).resolve()
+    prepare_run_dir(root, cfg)
+    runner = Runner(root, force=force, log=log)
+    cfg = dataclasses.replace(cfg, compare=dataclasses.replace(cfg.compare, enabled=True))
+    alternatives = checkpoint_finetunes(runner, cfg, label_points(cfg))
+    evaluation = stage_evaluate(runner, cfg, {n: st for n, (st, _) in alternatives.items()},
+                                name="compare/evaluate") if alternatives else None
+    compared = compare_stage(runner, cfg, alternatives, evaluation, earlier=pretune_rows(root))
+    files.write_json(root / "compare" / "comparison.json", compared)
+    return compared
+
+
+def pretune_rows(root: Path) -> list[dict]:
+    """pretune's models' rows of the comparison, from the run directory's last evaluation (none without one)."""
+    record = read_record(root / "evaluate" / "stage.json")
+    if record.get("status") != "done":
+        return []
+    names = [n for n in record["inputs"]["models"] if not n.startswith("compare/")]
+    folders = {n: root / ("finetune" if n == "pretrained" else n) for n in names}  # the pretrained model's stage
+    methods = {n: (StageResult(n, d, "", read_record(d / "stage.json").get("result", {}), True, 0.0),
+                   pretune_method(n)) for n, d in folders.items()}
+    return evaluated_rows(methods, StageResult("evaluate", root / "evaluate", "", record["result"], True, 0.0))

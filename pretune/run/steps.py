@@ -151,8 +151,9 @@ def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: P
                         can_continue=selftrain.can_continue if sec.self_training_rounds else has_last_checkpoint)
 
 
-def stage_evaluate(runner: Runner, cfg: PipelineConfig, models: dict[str, StageResult]) -> StageResult:
-    """Every model on the test set: evaluate/<model>.json with metrics, confusion/per-type scores, predictions."""
+def stage_evaluate(runner: Runner, cfg: PipelineConfig, models: dict[str, StageResult],
+                   name: str = "evaluate") -> StageResult:
+    """Every model on the test set: `name`/<model>.json with metrics, confusion/per-type scores, predictions."""
     test = cfg.finetune.test
     inputs = {"test": file_hash(test), "models": {n: s.fingerprint for n, s in models.items()}}
 
@@ -160,15 +161,15 @@ def stage_evaluate(runner: Runner, cfg: PipelineConfig, models: dict[str, StageR
         d.mkdir(parents=True, exist_ok=True)
         device = resolve_device(cfg.run.device)
         scores = {}
-        for name, st in models.items():
+        for model, st in models.items():
             loaded = load_task_model(st.directory / "model", device=device)
             report = evaluate_file(loaded, test, batch_size=max(32, cfg.finetune_trainer.batch_size * 2))
-            files.write_json(d / f"{_file_name(name)}.json", report)
-            scores[name] = headline_metrics(report)
-            runner.log(f"  {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores[name].items()))
+            files.write_json(d / f"{_file_name(model)}.json", report)
+            scores[model] = headline_metrics(report)
+            runner.log(f"  {model}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores[model].items()))
         return {"test": scores, "test_size": _support(report)}
 
-    return runner.stage("evaluate", inputs, work)
+    return runner.stage(name, inputs, work)
 
 
 def _file_name(model: str) -> str:
@@ -181,15 +182,16 @@ def _support(report: dict) -> int:
 
 
 def stage_report(runner: Runner, cfg: PipelineConfig, stages: dict[str, StageResult], evaluation: StageResult,
-                 sweep_points: list[dict], wall_start: float) -> StageResult:
-    """report/report.html (self-contained) and report/summary.json."""
+                 sweep_points: list[dict], wall_start: float, comparison: dict | None = None) -> StageResult:
+    """report/report.html (self-contained) and report/summary.json (with the [compare] table, when it ran)."""
     inputs = {"stages": {n: s.fingerprint for n, s in stages.items()}, "config": cfg.to_toml().split("\n", 1)[1],
-              "title": cfg.run.title, "examples": cfg.run.examples}
+              "title": cfg.run.title, "examples": cfg.run.examples, "comparison": comparison}
 
     def work(d: Path, resume: bool) -> dict:
         d.mkdir(parents=True, exist_ok=True)
         reports = {m: files.read_json(evaluation.directory / f"{m}.json") for m in ("pretrained", "baseline")}
         summary = build_summary(cfg, stages, evaluation, sweep_points)
+        summary["comparison"] = comparison
         summary["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
         summary["corpus"] = corpus_statistics(cfg, stages)
         summary["labels"] = label_statistics(cfg.finetune)
