@@ -3,7 +3,8 @@
 `write_report` takes plain data (the pipeline gathers it from the run directory), so a report can be rebuilt from the
 files of a finished run. Sections, each an element with a fixed id: comparison (when [compare] ran: every method
 x label count and the winner sentence), config, data, pretraining, finetuning, results,
-label-efficiency (when swept), tuning (when a hyperparameter search ran), self-training (when it ran), errors
+causal (a continued-pretrained causal checkpoint against the published one), label-efficiency
+(when swept), tuning (when a hyperparameter search ran), self-training (when it ran), errors
 (confusion matrix or per-entity table), examples.
 """
 
@@ -92,6 +93,10 @@ def format_summary(summary: dict) -> str:
                      f"(trial {best.get('number')})")
     if summary.get("comparison"):
         lines += ["", format_comparison(summary["comparison"])]
+    causal = summary.get("causal")
+    if causal:
+        lines += ["", f"validation perplexity, checkpoint as published: {causal['published']['perplexity']:.2f}",
+                  f"validation perplexity, continued pretraining:   {causal['continued']['perplexity']:.2f}"]
     return "\n".join(lines)
 
 
@@ -181,6 +186,16 @@ def _comparison_section(comparison: dict) -> str:
     notes = "".join(f'<p class="note">{_esc(n)}</p>' for n in comparison.get("notes", []))
     return (f"<p><b>{_esc(comparison['sentence'])}</b></p>" + warn
             + _table(["method", *(f"{n:,} labels" for n in counts)], rows) + notes)
+
+
+def _causal_section(causal: dict) -> str:
+    """The published causal checkpoint against the continued-pretrained one: perplexities and generations."""
+    ppl = _table(["model", "validation perplexity"],
+                 [["as published", causal["published"]["perplexity"]],
+                  ["continued pretraining", causal["continued"]["perplexity"]]])
+    gens = _table(["prompt", "as published", "continued pretraining"],
+                  [[g["prompt"], g["published"], g["continued"]] for g in causal["generations"]], left=3)
+    return ppl + "<p>Greedy continuations of the same prompts:</p>" + gens
 
 
 def _results_section(data: ReportData) -> str:
@@ -366,6 +381,8 @@ def render_report(data: ReportData) -> str:
         add("comparison", f"Comparison of every method (test {s['comparison']['metric']})",
             _comparison_section(s["comparison"]))
     add("results", "Test results: pretrained vs. baseline", _results_section(data))
+    if s.get("causal"):
+        add("causal", "Continued pretraining of a causal model", _causal_section(s["causal"]))
     if s.get("self_training"):
         add("self-training", "Self-training rounds", _self_training_section(s["self_training"]))
     add("data", "Corpus and label statistics", _data_section(data))

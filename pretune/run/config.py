@@ -46,6 +46,7 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[compare] checkpoints` | `[]` | pretune or Hugging Face folders to compare with (nothing is downloaded) |
 | `[compare] probe` | `true` | a linear probe (frozen mean-pooled features + logistic regression) of each checkpoint |
 | `[compare] finetune_checkpoints` | `true` | each checkpoint fine-tuned as published with the [finetune] settings |
+| `[compare] prompts` | `[]` | causal runs with init_from: prompts the published and continued models both continue |
 
 `[finetune] checkpoint`, `out`, `from_scratch` and `[pretrain] shards`, `out` are set by the pipeline. Any key can
 be overridden on the command line: `pretune run my.toml --set pretrain.trainer.max_steps=2000 --set run.seed=1`.
@@ -146,6 +147,7 @@ class CompareSection:
     checkpoints: list[str] = field(default_factory=list)  # absolute once loaded
     probe: bool = True
     finetune_checkpoints: bool = True
+    prompts: list[str] = field(default_factory=list)  # causal runs: prompts generated from by both checkpoints
 
     def validate(self, source=None) -> CompareSection:
         for path in self.checkpoints:
@@ -196,7 +198,8 @@ class PipelineConfig:
             "finetune.trainer": _without(asdict(self.finetune_trainer), RUN_WIDE),
             "sweep": asdict(self.sweep),
             **({"tune": asdict(self.tune)} if self.tune is not None else {}),
-            "compare": asdict(self.compare),
+            # prompts only when set, so that a run without them records the config it always has
+            "compare": {k: v for k, v in asdict(self.compare).items() if k != "prompts" or v},
         }
         return f"# resolved from {self.source}\n\n" + toml_tables(tables)
 

@@ -5,6 +5,7 @@ Stages, each in its own folder of the run directory:
     tokenizer/   train a tokenizer on the unlabeled corpus (or take the checkpoint's, with [pretrain] init_from)
     shards/      the corpus as token shards (train / validation split by document)
     pretrain/    pretraining (objective, model and trainer from [pretrain]); pretrain/model is the checkpoint
+    causal/      clm with init_from only: the published checkpoint against the continued one (pretune/run/causal.py)
     tune/        optional ([tune] trials > 0): the hyperparameter search; the fine-tunings below use its best values
     finetune/    fine-tuning of the pretrained model on the labeled training set, early stopping on validation
     baseline/    the same fine-tuning from a random initialisation of the same architecture (never self-trained)
@@ -34,6 +35,7 @@ import torch
 
 from pretune import files
 from pretune.errors import InputError
+from pretune.run.causal import stage_causal, wants_causal
 from pretune.run.compare import (
     checkpoint_finetunes,
     comparison,
@@ -123,6 +125,7 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
     wall_start = time.perf_counter()
     runner, base, base_fp, arch_fp = start_run(cfg, force, log)
     stages = runner.stages
+    causal = stage_causal(runner, cfg, stages["shards"], stages["pretrain"]) if wants_causal(cfg) else None
     cfg = tuned_config(runner, cfg, base, base_fp)  # [tune] trials > 0: search first, then use the best values
     sec = cfg.finetune
     models = {
@@ -143,7 +146,8 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
     points = sweep_points(cfg, models, evaluation, sweep_models)
     methods = {n: (st, pretune_method(n)) for n, st in models.items()}
     compared = compare_stage(runner, cfg, {**methods, **alternatives}, evaluation)
-    report = stage_report(runner, cfg, dict(stages), evaluation, points, wall_start, compared)
+    report = stage_report(runner, cfg, dict(stages), evaluation, points, wall_start, compared,
+                          causal.result if causal else None)
     summary = files.read_json(report.directory / "summary.json")
     return summary
 

@@ -182,16 +182,22 @@ def _support(report: dict) -> int:
 
 
 def stage_report(runner: Runner, cfg: PipelineConfig, stages: dict[str, StageResult], evaluation: StageResult,
-                 sweep_points: list[dict], wall_start: float, comparison: dict | None = None) -> StageResult:
-    """report/report.html (self-contained) and report/summary.json (with the [compare] table, when it ran)."""
+                 sweep_points: list[dict], wall_start: float, comparison: dict | None = None,
+                 causal: dict | None = None) -> StageResult:
+    """report/report.html (self-contained) and report/summary.json (with the [compare] table, when it ran, and
+    the causal-model comparison of a continued-pretrained causal checkpoint, when it ran)."""
     inputs = {"stages": {n: s.fingerprint for n, s in stages.items()}, "config": cfg.to_toml().split("\n", 1)[1],
               "title": cfg.run.title, "examples": cfg.run.examples, "comparison": comparison}
+    if causal is not None:  # only then, so that other runs' reports keep their fingerprints
+        inputs["causal"] = causal
 
     def work(d: Path, resume: bool) -> dict:
         d.mkdir(parents=True, exist_ok=True)
         reports = {m: files.read_json(evaluation.directory / f"{m}.json") for m in ("pretrained", "baseline")}
         summary = build_summary(cfg, stages, evaluation, sweep_points)
         summary["comparison"] = comparison
+        if causal is not None:
+            summary["causal"] = causal
         summary["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
         summary["corpus"] = corpus_statistics(cfg, stages)
         summary["labels"] = label_statistics(cfg.finetune)
