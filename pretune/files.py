@@ -157,6 +157,16 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def check_output(path: Path, overwrite: bool, *inputs: Path) -> None:
+    """InputError unless `path` may be written: not one of the `inputs`, not a directory, new or `overwrite`."""
+    if any(path.resolve() == Path(p).resolve() for p in inputs):
+        raise InputError("the output would overwrite the input", path=path)
+    if path.is_dir():
+        raise InputError("expected a file path, found a directory", path=path)
+    if path.exists() and not overwrite:
+        raise InputError("already exists; pass --overwrite to replace it", path=path)
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a training log: `path` is a run directory (its metrics.jsonl) or the log itself. A missing
     log is empty; a line that is not JSON (a write cut short by a crash) is skipped."""

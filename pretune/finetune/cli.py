@@ -35,19 +35,12 @@ def cmd_finetune(args) -> None:
     print(f"model: {Path(result['out']) / 'model'}")
 
 
-def _check_new_file(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise InputError("already exists; pass --overwrite to replace it", path=path)
-    if path.exists() and path.is_dir():
-        raise InputError("expected a file path, found a directory", path=path)
-
-
 def cmd_evaluate(args) -> None:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = Path(args.out) if args.out else None
     if out is not None:
-        _check_new_file(out, args.overwrite)
+        files.check_output(out, args.overwrite)
     report = evaluate_file(args.checkpoint, args.data, batch_size=args.batch_size)
     print(format_report(report))
     if out is not None:

@@ -20,8 +20,7 @@ from torch import nn
 from pretune.finetune.data import encode_split
 from pretune.finetune.encode import task_collate
 from pretune.finetune.tasks import gather_words
-from pretune.semisup.pool import gold_examples, held_out_examples, read_pool
-from pretune.text.labeled import read_examples
+from pretune.semisup.pool import read_pool
 
 PREFIX = "unlabeled_"  # batch keys of the unlabeled rows: unlabeled_input_ids, unlabeled_noisy_ids, ...
 
@@ -132,14 +131,3 @@ def from_section(sec, tok, exclude: list, batch_size: int, seed: int) -> tuple[C
     term = Consistency(data.features, tok, sec.uda_batch_size or batch_size, sec.uda_weight, sec.uda_temperature,
                        sec.uda_threshold, sec.uda_mask_prob, pool_info=info)
     return term, info
-
-
-def build(sec, tok, batch_size: int, seed: int) -> Consistency | None:
-    """The consistency term of a validated FinetuneSection for `finetune(..., consistency=term)`, or None when
-    uda_weight is 0. Its pool leaves out every text the fine-tune sees: the gold subset, the pseudo labels, the
-    validation and the test set. `tok`: the tokenizer of sec.checkpoint; `batch_size`, `seed`: the [train] ones."""
-    if sec.uda_weight <= 0:
-        return None
-    pseudo = read_examples(sec.pseudo_labels, sec.task, **sec.fields()) if sec.pseudo_labels else []
-    term, _ = from_section(sec, tok, gold_examples(sec) + pseudo + held_out_examples(sec), batch_size, seed)
-    return term

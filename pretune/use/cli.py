@@ -12,7 +12,6 @@ from pretune.training.config import resolve_device
 from pretune.use.embed import embed_file
 from pretune.use.explain import METHODS, explain_ansi, explain_full, explain_html
 from pretune.use.generate import check_options, generate, load_causal_model
-from pretune.use.io import check_output
 from pretune.use.predict import predict_file
 
 
@@ -32,7 +31,7 @@ def cmd_embed(args) -> None:
 def cmd_explain(args) -> None:
     html_out = Path(args.html) if args.html else None
     if html_out is not None:
-        check_output(html_out, args.overwrite)
+        files.check_output(html_out, args.overwrite)
     model, tok, conf = load_task_model(args.checkpoint, device=resolve_device(args.device or "auto"))
     ex = explain_full(model, tok, args.text, args.text_b, args.label, args.method, args.steps, conf.get("max_len"))
     color = sys.stdout.isatty() if args.color is None else args.color

@@ -20,7 +20,7 @@ from pretune.model.transformer import Transformer
 from pretune.text.labeled import length_grouped_batches, read_examples
 from pretune.training import checkpoint as ck
 from pretune.training.config import resolve_device
-from pretune.use.io import check_output, read_lines
+from pretune.use.io import read_lines
 
 
 def load_body(checkpoint, device: str | None = None) -> tuple[Transformer, Any, dict]:
@@ -125,9 +125,9 @@ def embed_file(checkpoint, input_path, output_path, layers: str = "last", pool: 
     if out.suffix != ".npy":
         raise InputError("expected an output file name ending in .npy", path=out)
     tokens_out = out.with_name(out.stem + ".tokens.jsonl")
-    check_output(out, overwrite, Path(input_path))
+    files.check_output(out, overwrite, Path(input_path))
     if pool == "none":
-        check_output(tokens_out, overwrite, Path(input_path))
+        files.check_output(tokens_out, overwrite, Path(input_path))
     texts = read_texts(input_path, field)
     arr, tokens = embed(checkpoint, texts, layers=layers, pool=pool, batch_size=batch_size, max_len=max_len,
                         device=device, return_tokens=True)

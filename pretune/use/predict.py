@@ -17,7 +17,7 @@ from pretune.finetune.tasks import predictions_json
 from pretune.text.labeled import Example, read_examples
 from pretune.text.words import split_words
 from pretune.training.config import resolve_device
-from pretune.use.io import check_output, read_lines
+from pretune.use.io import read_lines
 
 
 def _loaded(checkpoint, device=None) -> tuple[TaskModel, Any, dict]:
@@ -114,7 +114,7 @@ def predict_file(checkpoint, input_path: str | Path, output_path: str | Path, ba
                  overwrite: bool = False, device: str | None = None) -> int:
     """JSONL out: each input's record (the JSONL object itself, or its fields) plus "prediction". Returns the count."""
     out = Path(output_path)
-    check_output(out, overwrite, Path(input_path))
+    files.check_output(out, overwrite, Path(input_path))
     model, tok, conf = _loaded(checkpoint, device)
     examples, records = read_inputs(input_path, model.task, conf.get("fields"))
     preds = predict((model, tok, conf), examples, batch_size=batch_size)
