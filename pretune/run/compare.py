@@ -40,11 +40,6 @@ def label_points(cfg: PipelineConfig) -> dict[float, int]:
     return dict(sorted(points.items()))
 
 
-def table_metric(cfg: PipelineConfig) -> str:
-    metric = cfg.finetune.metric_name()
-    return metric if metric != "loss" else "accuracy"
-
-
 def folder_fp(path: str | Path) -> dict:
     """The hashes of every file of a checkpoint folder (pretune or Hugging Face)."""
     root = Path(path)

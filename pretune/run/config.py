@@ -387,3 +387,9 @@ def _refuse_owned(values: dict, keys: tuple[str, ...], table: str, source) -> No
         if key in values:
             raise InputError(f"[{table}] {key} is set by `pretune run` (each stage has its own folder); remove it",
                              path=source)
+
+
+def table_metric(cfg: PipelineConfig) -> str:
+    """The test metric of the sweep and the comparison table: the fine-tuning metric, accuracy when that is the loss."""
+    metric = cfg.finetune.metric_name()
+    return metric if metric != "loss" else "accuracy"

@@ -43,9 +43,8 @@ from pretune.run.compare import (
     label_points,
     pretune_method,
     stage_compare,
-    table_metric,
 )
-from pretune.run.config import PipelineConfig
+from pretune.run.config import PipelineConfig, table_metric
 from pretune.run.stages import FORMAT_VERSION, Runner, StageResult, architecture_fp, file_hash, read_record
 from pretune.run.steps import (
     stage_evaluate,

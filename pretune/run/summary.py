@@ -11,7 +11,7 @@ from pretune.evaluate.metrics import entity_spans
 from pretune.evaluate.plots import short_labels
 from pretune.evaluate.report import gains
 from pretune.finetune.model import load_task_model
-from pretune.run.config import PipelineConfig
+from pretune.run.config import PipelineConfig, table_metric
 from pretune.run.stages import FORMAT_VERSION, StageResult, now
 from pretune.text.labeled import read_examples
 from pretune.training.config import resolve_device
@@ -177,7 +177,7 @@ def build_summary(cfg: PipelineConfig, stages: dict[str, StageResult], evaluatio
         "models": models,
         "gain": gains({m: models[m]["test"] for m in models}),
         "sweep": sweep_points,
-        "sweep_metric": cfg.finetune.metric_name() if cfg.finetune.metric_name() != "loss" else "accuracy",
+        "sweep_metric": table_metric(cfg),
         "pretrain": stages["pretrain"].result if "pretrain" in stages else None,
         "self_training": stages["finetune"].result.get("self_training"),  # rounds of the pretrained model, or None
         "stages": {n: {"skipped": s.skipped, "seconds": round(s.seconds, 1)} for n, s in stages.items()},
