@@ -44,6 +44,24 @@ def test_classification_head_reads_only_the_pooled_position(cfg):
     assert not torch.allclose(head(hidden, last), head(hidden))
 
 
+def test_mean_pooling_head_averages_only_the_real_tokens(cfg):
+    torch.manual_seed(0)
+    head = ClassificationHead(cfg, K, pooling="mean").eval()
+    hidden = torch.randn(B, T, cfg.hidden_size)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[0, 4:] = 0  # row 0 has 4 real tokens, the rest is padding
+    expected = head.classifier(torch.tanh(head.pooler.dense(hidden[0, :4].mean(0))))
+    torch.testing.assert_close(head(hidden, mask=mask)[0], expected)
+    padded = hidden.clone()
+    padded[0, 4:] += 5.0  # padding never counts
+    torch.testing.assert_close(head(padded, mask=mask), head(hidden, mask=mask))
+    changed = hidden.clone()
+    changed[:, 2] += 1.0  # a real token other than [CLS] does count (the [CLS] head ignores it)
+    assert not torch.allclose(head(changed, mask=mask), head(hidden, mask=mask))
+    with pytest.raises(ValueError, match="pooling"):
+        ClassificationHead(cfg, K, pooling="max")
+
+
 def test_token_head_shape_names_and_crf_constraints(cfg):
     labels = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
     plain = TokenClassificationHead(cfg, len(labels))

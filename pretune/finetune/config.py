@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pretune.config import load_sections
 from pretune.errors import InputError
 from pretune.finetune.tasks import TASKS, get_task
+from pretune.model.heads import POOLING
 from pretune.training.config import TrainConfig
 
 FREEZE_RE = re.compile(r"^(none|embeddings|body|all-but-last-(\d+))$")
@@ -30,6 +31,7 @@ class FinetuneSection:
     max_len: int = field(default=128, metadata={"help": "subwords per input incl. [CLS]/[SEP]"})
     epochs: int = 10
     freeze: str = field(default="none", metadata={"help": "none | embeddings | body | all-but-last-N"})
+    pooling: str = field(default="cls", metadata={"help": "classify/pair: cls | mean (of the real tokens' states)"})
     head_lr: float = field(default=1e-3, metadata={"help": "learning rate of the new head (the body uses --lr)"})
     layer_lr_decay: float = field(default=1.0, metadata={"help": "lr of layer l = lr * decay^(layers - l)"})
     metric: str = field(default="auto", metadata={"help": "early-stopping metric (auto: accuracy / f1)"})
@@ -77,6 +79,10 @@ class FinetuneSection:
         if not FREEZE_RE.match(self.freeze):
             raise bad(f"freeze must be none, embeddings, body or all-but-last-N (e.g. all-but-last-2), "
                       f"got {self.freeze!r}")
+        if self.pooling not in POOLING:
+            raise bad(f"pooling must be one of {', '.join(POOLING)}, got {self.pooling!r}")
+        if self.pooling != "cls" and self.task not in ("classify", "pair"):
+            raise bad("pooling applies to the tasks classify and pair only")
         if self.head_lr <= 0:
             raise bad(f"head_lr must be > 0, got {self.head_lr}")
         if not 0 < self.layer_lr_decay <= 1:

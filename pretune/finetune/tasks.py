@@ -122,8 +122,11 @@ class Classify(Task):
     name = "classify"
     metrics = ("accuracy", "macro_f1", "micro_f1", "loss")
 
+    def head_options(self, sec) -> dict:
+        return {"pooling": sec.pooling} if sec.pooling != "cls" else {}  # [CLS] checkpoints keep their old config
+
     def head(self, cfg: ModelConfig, labels: list[str], options: dict) -> nn.Module:
-        return ClassificationHead(cfg, len(labels))
+        return ClassificationHead(cfg, len(labels), pooling=options.get("pooling", "cls"))
 
     def length_warnings(self, stats: EncodeStats, where: Path, max_len: int) -> list[str]:
         if not stats.n_truncated:
@@ -137,7 +140,7 @@ class Classify(Task):
         if model.config.causal:  # a left-to-right body has seen the whole input only at its last token
             positions = (attention_mask.long().sum(1) - 1) if attention_mask is not None else \
                 torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device)
-        logits = model.head(hidden, positions)  # [B, K]
+        logits = model.head(hidden, positions, attention_mask)  # [B, K]
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)

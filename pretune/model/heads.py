@@ -41,20 +41,31 @@ class Pooler(nn.Module):
 # ---- fine-tuning heads (task models: state-dict keys head.*) ------------------------------------------------------
 
 
+POOLING = ("cls", "mean")
+
+
 class ClassificationHead(nn.Module):
     """BERT's sequence classifier: `pooler.dense` + tanh -> dropout -> `classifier` ([B, T, H] -> [B, K]).
 
-    The pooled position is [CLS] (0) by default; `positions` [B] picks another one (a causal body pools its last token).
-    Used for classify and pair."""
+    pooling "cls": the pooled state is [CLS] (position 0), or `positions` [B] (a causal body pools its last token).
+    pooling "mean": the mean of the states of the real tokens (`mask` [B, T]). Used for classify and pair."""
 
-    def __init__(self, cfg: ModelConfig, num_labels: int):
+    def __init__(self, cfg: ModelConfig, num_labels: int, pooling: str = "cls"):
         super().__init__()
+        if pooling not in POOLING:
+            raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
+        self.pooling = pooling
         self.pooler = Pooler(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden_size, num_labels)
 
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        if positions is not None:
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pooling == "mean":
+            m = torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask
+            m = m.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+            hidden = ((hidden * m).sum(1) / m.sum(1).clamp(min=1)).unsqueeze(1)  # [B, 1, H]
+        elif positions is not None:
             hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions].unsqueeze(1)  # [B, 1, H]
         return self.classifier(self.dropout(self.pooler(hidden)))  # [B, K]
 
