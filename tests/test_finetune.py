@@ -242,6 +242,30 @@ def test_finetune_loads_the_pretrained_body(tiny_ckpt, tmp_path):
     assert not torch.equal(model2.state_dict()["body.blocks.0.attn.qkv.weight"], pre["body.blocks.0.attn.qkv.weight"])
 
 
+def test_head_warmup_holds_the_body_still_then_trains_it(tiny_ckpt, tmp_path):
+    """24 examples at batch 8: 3 steps per epoch, 2 epochs. A warm-up of 6 steps (all of them) trains only the head;
+    one of 3 steps trains the head alone first, then everything; mean pooling is recorded in the head options."""
+    from pretune.training.checkpoint import load_checkpoint
+
+    train, val = _classify_files(tmp_path)
+    pre = load_checkpoint(tiny_ckpt).state_dict
+    bodies = {}
+    for hold in (6, 3):
+        sec = FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train), validation=str(val),
+                              out=str(tmp_path / f"run{hold}"), epochs=2, max_len=16, min_steps=0,
+                              head_warmup_steps=hold, pooling="mean")
+        ft.finetune({"finetune": sec, "train": FinetuneTrainConfig(batch_size=8, lr=1e-2, warmup_steps=0,
+                                                                   progress=False)})
+        model, _, conf = load_task_model(tmp_path / f"run{hold}" / "last")
+        assert conf["head"] == {"pooling": "mean"} and model.head.pooling == "mean"
+        bodies[hold] = {k: v for k, v in model.state_dict().items() if k.startswith("body.")}
+        log = [json.loads(x) for x in (tmp_path / f"run{hold}" / "metrics.jsonl").read_text().splitlines()]
+        losses = [r["loss"] for r in log if r["split"] == "validation"]
+        assert len(losses) == 2 and losses[1] < losses[0]  # the head learns while the body waits
+    assert all(torch.equal(v, pre[k]) for k, v in bodies[6].items())  # held for every step
+    assert not torch.equal(bodies[3]["body.blocks.0.attn.qkv.weight"], pre["body.blocks.0.attn.qkv.weight"])
+
+
 def test_resume_gives_the_uninterrupted_weights(tiny_ckpt, tmp_path):
     train, val = _classify_files(tmp_path)
 

@@ -32,7 +32,11 @@ class FinetuneSection:
     epochs: int = 10
     freeze: str = field(default="none", metadata={"help": "none | embeddings | body | all-but-last-N"})
     pooling: str = field(default="cls", metadata={"help": "classify/pair: cls | mean (of the real tokens' states)"})
+    dropout: float | None = field(default=None, metadata={
+        "help": "dropout (hidden and attention) while fine-tuning; unset: the checkpoint's"})
     head_lr: float = field(default=1e-3, metadata={"help": "learning rate of the new head (the body uses --lr)"})
+    head_warmup_steps: int = field(default=0, metadata={
+        "help": "train only the new head for this many steps, the body held still (linear probe, then fine-tune)"})
     layer_lr_decay: float = field(default=1.0, metadata={"help": "lr of layer l = lr * decay^(layers - l)"})
     metric: str = field(default="auto", metadata={"help": "early-stopping metric (auto: accuracy / f1)"})
     patience: int = field(default=3, metadata={"help": "epochs without gain before stopping (0: never stop)"})
@@ -83,6 +87,8 @@ class FinetuneSection:
             raise bad(f"pooling must be one of {', '.join(POOLING)}, got {self.pooling!r}")
         if self.pooling != "cls" and self.task not in ("classify", "pair"):
             raise bad("pooling applies to the tasks classify and pair only")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise bad(f"dropout must be in [0, 1), got {self.dropout}")
         if self.head_lr <= 0:
             raise bad(f"head_lr must be > 0, got {self.head_lr}")
         if not 0 < self.layer_lr_decay <= 1:
@@ -91,6 +97,8 @@ class FinetuneSection:
             raise bad(f"metric for task {self.task} must be auto or one of {metrics}, got {self.metric!r}")
         if self.patience < 0:
             raise bad(f"patience must be >= 0, got {self.patience}")
+        if self.head_warmup_steps < 0:
+            raise bad(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps}")
         if self.min_steps < 0:
             raise bad(f"min_steps must be >= 0, got {self.min_steps}")
         if self.crf and self.task != "tag":

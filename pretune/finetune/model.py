@@ -88,22 +88,25 @@ def layer_scales(num_layers: int, decay: float) -> list[float]:
 
 
 def build_param_groups(model: TaskModel, lr: float, head_lr: float, weight_decay: float,
-                       layer_lr_decay: float = 1.0) -> list[dict]:
+                       layer_lr_decay: float = 1.0, head_warmup_steps: int = 0) -> list[dict]:
     """AdamW groups: the head at `head_lr`; body depth d at lr * layer_scales[d] (a final LayerNorm at lr);
-    no weight decay on 1-D parameters (biases, norms). Frozen parameters are left out."""
+    no weight decay on 1-D parameters (biases, norms). Frozen parameters are left out. With `head_warmup_steps`
+    the body's groups hold still for that many steps while the new head trains alone."""
     body = model.body
     scales = layer_scales(len(body.blocks), layer_lr_decay)
     depth_of: dict[int, float] = {id(p): scales[0] for p in body.embeddings.parameters()}
     for i, block in enumerate(body.blocks):
         depth_of.update({id(p): scales[i + 1] for p in block.parameters()})
-    groups: dict[tuple[float, bool], list] = {}
+    groups: dict[tuple[bool, float, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        rate = head_lr if name.startswith("head.") else lr * depth_of.get(id(p), 1.0)
-        groups.setdefault((rate, p.ndim >= 2), []).append(p)
-    return [{"params": ps, "lr": rate, "weight_decay": weight_decay if decay else 0.0}
-            for (rate, decay), ps in groups.items()]
+        head = name.startswith("head.")
+        rate = head_lr if head else lr * depth_of.get(id(p), 1.0)
+        groups.setdefault((head, rate, p.ndim >= 2), []).append(p)
+    return [{"params": ps, "lr": rate, "weight_decay": weight_decay if decay else 0.0,
+             **({} if head or not head_warmup_steps else {"hold_steps": head_warmup_steps})}
+            for (head, rate, decay), ps in groups.items()]
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ same loop pretraining uses; `evaluate_file` scores a fine-tuned model on a label
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -83,6 +84,8 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     init = open_checkpoint(sec.checkpoint)
     tok = init.tokenizer()
     cfg = init.model_config()
+    if sec.dropout is not None:  # a training-time setting: the fine-tuned checkpoint records it, nothing else changes
+        cfg = dataclasses.replace(cfg, dropout=sec.dropout, attention_dropout=sec.dropout)
     if tok.vocab_size > cfg.vocab_size:
         raise InputError(f"the tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size}",
                          path=init.path)
@@ -108,7 +111,8 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     model = TaskModel(cfg, task, labels.names, head_options)
     loaded = "nothing (from scratch)" if sec.from_scratch else load_initial_weights(model, init, head_options)
     frozen = apply_freeze(model, sec.freeze)
-    groups = build_param_groups(model, tcfg.lr, sec.head_lr, tcfg.weight_decay, sec.layer_lr_decay)
+    groups = build_param_groups(model, tcfg.lr, sec.head_lr, tcfg.weight_decay, sec.layer_lr_decay,
+                                sec.head_warmup_steps)
     if not groups:
         raise InputError("nothing to train: every parameter is frozen")
 

@@ -45,3 +45,14 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
         return 1.0 - progress
 
     return f
+
+
+def group_lambdas(cfg: TrainConfig, groups: list[dict]) -> list[Callable[[int], float]]:
+    """One lr multiplier per param group: the schedule, held at 0 for the group's first `hold_steps` steps (a group
+    with hold_steps waits while the others train, e.g. a pretrained body while its new head warms up)."""
+    base = lr_lambda(cfg)
+
+    def held(hold: int) -> Callable[[int], float]:
+        return base if hold <= 0 else (lambda step: 0.0 if step < hold else base(step))
+
+    return [held(int(g.get("hold_steps", 0))) for g in groups]

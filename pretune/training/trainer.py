@@ -29,7 +29,7 @@ from pretune.training import distributed as dist
 from pretune.training.batches import BatchSource, count_tokens, move, row_count
 from pretune.training.checkpoint import OPTIMIZER, TRAINER_STATE, load_checkpoint, load_into
 from pretune.training.config import TrainConfig, resolve_device, use_bf16
-from pretune.training.optim import adamw, lr_lambda, param_groups
+from pretune.training.optim import adamw, group_lambdas, param_groups
 
 
 class TrainingError(RuntimeError):
@@ -96,7 +96,7 @@ class Trainer:
         params = dict(self.model.named_parameters())
         groups = [{**g, "params": [params[names[id(p)]] for p in g["params"]], "initial_lr": g["lr"]} for g in groups]
         self.optimizer = adamw(groups, cfg, self.device, fused=not dist.is_fsdp(self.train_model))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, group_lambdas(cfg, groups))
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
         if dist.world_size() > 1:  # decorrelated dropout per rank (the model is already initialised: DDP/FSDP sync it)
