@@ -64,6 +64,28 @@ def test_init_from_refuses_what_the_model_cannot_do(trained, tmp_path, capsys):
     assert "init_from" in capsys.readouterr().err
 
 
+def test_head_warmup_trains_a_new_head_on_a_body_held_still(trained, tmp_path, capsys):
+    """span adds an SBO head the mlm checkpoint lacks: with 4 warm-up steps of 4, the body stays the checkpoint's
+    while the heads learn; with 2 of 4 the body moves too. Without init_from the option is refused."""
+    pre = load_checkpoint(trained["ckpt"]).state_dict
+    states = {}
+    for hold in (4, 2):
+        out = tmp_path / f"w{hold}"
+        code = main(["pretrain", "--shards", str(trained["shards"]), "--out", str(out), "--objective", "span",
+                     "--init-from", str(trained["ckpt"]), "--head-warmup-steps", str(hold), "--max-steps", "4",
+                     "--lr", "3e-3", "--warmup-steps", "0", "--eval-every", "4", *COMMON])
+        assert code == 0
+        states[hold] = load_checkpoint(out / "model").state_dict
+    body = [k for k in pre if k.startswith("body.")]
+    assert body and all(torch.equal(states[4][k], pre[k]) for k in body)
+    assert not torch.equal(states[4]["heads.mlm.bias"], pre["heads.mlm.bias"])  # the heads did train
+    assert not torch.equal(states[2]["body.blocks.0.attn.qkv.weight"], pre["body.blocks.0.attn.qkv.weight"])
+    capsys.readouterr()
+    code = main(["pretrain", "--shards", str(trained["shards"]), "--out", str(tmp_path / "z"),
+                 "--head-warmup-steps", "2", "--max-steps", "1", *COMMON])
+    assert code == 2 and "init_from" in capsys.readouterr().err
+
+
 def domain_words(trained, n: int = 6) -> list[str]:
     """Frequent long corpus words that the tokenizer splits into several pieces."""
     counts = collections.Counter(w for line in trained["lines"] for w in re.findall(r"[a-z]{7,}", line.lower()))

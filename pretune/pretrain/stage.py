@@ -20,6 +20,7 @@ from pretune.training import checkpoint as ck
 from pretune.training import distributed as dist
 from pretune.training.batches import BatchSource, label_count
 from pretune.training.config import TrainConfig, resolve_device, seed_everything
+from pretune.training.optim import param_groups
 from pretune.training.outdir import prepare_out_dir
 from pretune.training.trainer import Trainer
 
@@ -40,6 +41,9 @@ class PretrainSection:
     span_max: int = field(default=10, metadata={"help": "span: longest span, in words"})
     nsp_prob: float = field(default=0.5, metadata={"help": "mlm+nsp: probability that segment B is random"})
     init_from: str | None = field(default=None, metadata={"help": "continue pretraining from this checkpoint"})
+    head_warmup_steps: int = field(default=0, metadata={
+        "help": "with init_from: the heads train alone for this many steps, the body held still (a checkpoint "
+                "without an MLM head gets a random one: warm it up before it moves the body)"})
     add_tokens: str | None = field(default=None, metadata={
         "help": "with init_from: file of domain words (one per line) to add to the vocabulary; new embedding rows "
                 "start as the mean of the word's old pieces (prepare the shards with `pretune vocab extend`'s "
@@ -56,6 +60,11 @@ class PretrainSection:
             raise InputError(f"unknown objective {self.objective!r}; expected one of {sorted(OBJECTIVES)}", path=source)
         if self.max_len < 8:
             raise InputError(f"max_len must be >= 8, got {self.max_len}", path=source)
+        if self.head_warmup_steps < 0:
+            raise InputError(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps}", path=source)
+        if self.head_warmup_steps and not self.init_from:
+            raise InputError("head_warmup_steps warms new heads up on a pretrained body: it needs init_from",
+                             path=source)
         if self.add_tokens and not self.init_from:
             raise InputError("add_tokens extends a pretrained model's vocabulary: it needs init_from", path=source)
         taken = OBJECTIVES[self.objective].options
@@ -177,6 +186,7 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     device = resolve_device(tcfg.device)  # the device the Trainer moves the model to
     trainer = Trainer(
         model, tcfg, out,
+        groups=param_groups(model, tcfg.weight_decay, tcfg.lr, sec.head_warmup_steps),
         batches=batches,
         loss_fn=objective.loss,
         save_model=ck.model_writer(model_files, tok),

@@ -12,16 +12,18 @@ from torch import nn
 from pretune.training.config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases and LayerNorm weights (every 1-D parameter)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def param_groups(model: nn.Module, weight_decay: float, lr: float, hold_steps: int = 0,
+                 hold_prefix: str = "body.") -> list[dict]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights (every 1-D parameter). With `hold_steps`, the
+    parameters named `hold_prefix`* get groups of their own that hold still for that many steps (`group_lambdas`)."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "lr": lr},
-        {"params": no_decay, "weight_decay": 0.0, "lr": lr},
-    ]
+            held = hold_steps > 0 and name.startswith(hold_prefix)
+            groups.setdefault((held, p.ndim >= 2), []).append(p)
+    order = [(False, True), (False, False), (True, True), (True, False)]
+    return [{"params": groups[key], "weight_decay": weight_decay if key[1] else 0.0, "lr": lr,
+             **({"hold_steps": hold_steps} if key[0] else {})} for key in order if key in groups]
 
 
 def adamw(groups: list[dict], cfg: TrainConfig, device: torch.device, fused: bool = True) -> torch.optim.AdamW:
