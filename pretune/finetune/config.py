@@ -31,7 +31,9 @@ class FinetuneSection:
     max_len: int = field(default=128, metadata={"help": "subwords per input incl. [CLS]/[SEP]"})
     epochs: int = 10
     freeze: str = field(default="none", metadata={"help": "none | embeddings | body | all-but-last-N"})
-    pooling: str = field(default="cls", metadata={"help": "classify/pair: cls | mean (of the real tokens' states)"})
+    pooling: str = field(default="auto", metadata={
+        "help": "classify/pair: mean (of the real tokens' states) | cls ([CLS]; a causal body: its last token) | "
+                "auto (mean, but cls for a causal body)"})
     dropout: float | None = field(default=None, metadata={
         "help": "dropout (hidden and attention) while fine-tuning; unset: the checkpoint's"})
     head_lr: float = field(default=1e-3, metadata={"help": "learning rate of the new head (the body uses --lr)"})
@@ -83,9 +85,9 @@ class FinetuneSection:
         if not FREEZE_RE.match(self.freeze):
             raise bad(f"freeze must be none, embeddings, body or all-but-last-N (e.g. all-but-last-2), "
                       f"got {self.freeze!r}")
-        if self.pooling not in POOLING:
-            raise bad(f"pooling must be one of {', '.join(POOLING)}, got {self.pooling!r}")
-        if self.pooling != "cls" and self.task not in ("classify", "pair"):
+        if self.pooling not in ("auto", *POOLING):
+            raise bad(f"pooling must be auto, {' or '.join(POOLING)}, got {self.pooling!r}")
+        if self.pooling == "mean" and self.task not in ("classify", "pair"):
             raise bad("pooling applies to the tasks classify and pair only")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise bad(f"dropout must be in [0, 1), got {self.dropout}")
@@ -141,6 +143,13 @@ class FinetuneSection:
     SEMI_SUPERVISED_KEYS = ("unlabeled", "pool_size", "self_training_rounds", "pseudo_threshold", "pseudo_top_k",
                             "tag_confidence", "uda_weight", "uda_temperature", "uda_threshold", "uda_mask_prob",
                             "uda_batch_size", "pseudo_labels")  # without effect unless semi_supervised()
+
+    def resolve_pooling(self, causal: bool) -> FinetuneSection:
+        """pooling auto -> mean for a bidirectional body, cls (its last token) for a causal one."""
+        if self.pooling != "auto":
+            return self
+        mean = not causal and self.task in ("classify", "pair")
+        return dataclasses.replace(self, pooling="mean" if mean else "cls")
 
     def metric_name(self) -> str:
         return get_task(self.task).metrics[0] if self.metric == "auto" else self.metric

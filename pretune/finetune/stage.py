@@ -75,7 +75,7 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     sec: FinetuneSection = sections["finetune"].validate(source)
     tcfg = sections["train"]
     tcfg.validate(source)
-    task, kind, head_options = sec.task, get_task(sec.task), sec.head_options()
+    task, kind = sec.task, get_task(sec.task)
     if sec.uda_weight > 0 and consistency is None:
         raise ValueError("uda_weight > 0 needs the consistency term: pass consistency= (e.g. "
                          "pretune.semisup.consistency.from_section)")
@@ -86,6 +86,8 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     cfg = init.model_config()
     if sec.dropout is not None:  # a training-time setting: the fine-tuned checkpoint records it, nothing else changes
         cfg = dataclasses.replace(cfg, dropout=sec.dropout, attention_dropout=sec.dropout)
+    sec = sec.resolve_pooling(cfg.causal)
+    head_options = sec.head_options()
     if tok.vocab_size > cfg.vocab_size:
         raise InputError(f"the tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size}",
                          path=init.path)
