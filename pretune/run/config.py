@@ -15,8 +15,8 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[run] examples` | `6` | test examples shown with per-token contributions in the report |
 | `[run] skip_pretraining` | `false` | fine-tune `[pretrain] init_from` as it is: no tokenizer, shards, pretraining |
 | `[corpus] files` | (required) | unlabeled text files: .txt, .jsonl, .csv, .tsv, optionally .gz |
-| `[corpus] format` | from suffix | `txt`, `jsonl`, `csv` or `tsv` |
-| `[corpus] field` | `"text"` | JSONL field or CSV/TSV column holding the text |
+| `[corpus] format` | from suffix | `txt`, `jsonl`, `csv`, `tsv` or `parquet` |
+| `[corpus] field` | `"text"` | JSONL field or CSV/TSV/parquet column holding the text |
 | `[corpus] doc_split` | `"line"` | txt: a document per `line`, or per `blank`-line-separated block |
 | `[corpus] validation_fraction` | `0.05` | documents held out to validate pretraining |
 | `[tokenizer] kind` | `"wordpiece"` | `wordpiece`, `bpe`, `bytelevel-bpe`, `unigram`, `char` |
