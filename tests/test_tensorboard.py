@@ -72,9 +72,9 @@ def test_every_logged_number_is_in_the_event_files(tmp_path, capsys):
                 assert (rec["step"], pytest.approx(value, rel=1e-6)) in scalars[f"{rec['split']}/{name}"]
     assert [s for s, _ in scalars["train/loss"]] == [2, 4, 6] and [s for s, _ in scalars["validation/score"]] == [3, 6]
     assert all(v > 0 for _, v in scalars["train/grad_norm"])
-    # no progress bar: a line per train record and per evaluation on stderr instead of nothing
-    err = capsys.readouterr().err.splitlines()
-    assert [line.split(":")[0] for line in err] == ["step 2/6", "step 3", "step 4/6", "step 6/6", "step 6"]
+    # no progress bar: a line per train record and per evaluation instead of nothing
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["step 2/6", "step 3", "step 4/6", "step 6/6", "step 6"]
 
 
 def test_a_resumed_run_hides_the_events_after_its_checkpoint(tmp_path):

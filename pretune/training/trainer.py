@@ -186,14 +186,14 @@ class Trainer:
             finally:
                 self.events = None
 
-    def _say(self, bar, message: str) -> None:
-        """A line for the user on the main rank: above the progress bar, or on stderr when there is none."""
+    def _say(self, bar, message: str, file=None) -> None:
+        """A line for the user on the main rank: above the progress bar, or (--no-progress) on `file` (stdout)."""
         if not dist.is_main():
             return
         if bar is not None:
             bar.write(message)
         else:
-            print(message, file=sys.stderr, flush=True)
+            print(message, file=file or sys.stdout, flush=True)
 
     def _due(self, every: int) -> bool:
         return self.step % every == 0 or self.step == self.cfg.max_steps
@@ -266,7 +266,7 @@ class Trainer:
     def _exit_on_signal(self, bar) -> None:
         """After the checkpoint of a step that some rank was signalled in: say so and stop (KeyboardInterrupt)."""
         name = signal.Signals(self._stop_signal or signal.SIGTERM).name
-        self._say(bar, f"{name}: checkpoint saved at step {self.step} in {self.out / 'last'}; exiting")
+        self._say(bar, f"{name}: checkpoint saved at step {self.step} in {self.out / 'last'}; exiting", sys.stderr)
         raise KeyboardInterrupt(name)
 
     # ---- one step ----------------------------------------------------------------------------------------------
