@@ -14,7 +14,7 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[run] title` | `""` | report title (default: "pretune: <task> on <train file>") |
 | `[run] examples` | `6` | test examples shown with per-token contributions in the report |
 | `[run] skip_pretraining` | `false` | fine-tune `[pretrain] init_from` as it is: no tokenizer, shards, pretraining |
-| `[corpus] files` | (required) | unlabeled text files: .txt, .jsonl, .csv, .tsv, optionally .gz |
+| `[corpus] files` | (required) | unlabeled text files: .txt, .jsonl, .csv, .tsv, optionally .gz; .parquet |
 | `[corpus] format` | from suffix | `txt`, `jsonl`, `csv`, `tsv` or `parquet` |
 | `[corpus] field` | `"text"` | JSONL field or CSV/TSV/parquet column holding the text |
 | `[corpus] doc_split` | `"line"` | txt: a document per `line`, or per `blank`-line-separated block |
