@@ -12,6 +12,7 @@ import sys
 
 from pretune import __version__
 from pretune.errors import InputError
+from pretune.training.threads import set_threads
 from pretune.training.trainer import TrainingError
 
 EXIT_INPUT, EXIT_TRAINING, EXIT_INTERRUPTED = 2, 3, 130
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        set_threads(getattr(args, "threads", None))
         args.func(args)
     except InputError as e:
         print(f"pretune: error: {e}", file=sys.stderr)

@@ -117,11 +117,12 @@ def test_detect_format():
     assert detect_format("x.JSONL") == "jsonl"
     assert detect_format("x.csv.gz") == "csv"
     assert detect_format(Path("x.data.tsv")) == "tsv"
+    assert detect_format("train-00000-of-00002.parquet") == "parquet"
     with pytest.raises(InputError) as e:
-        detect_format("corpus.parquet")
+        detect_format("corpus.xlsx")
     for f in FORMATS:
         assert f in str(e.value)
-    assert "corpus.parquet" in str(e.value)
+    assert "corpus.xlsx" in str(e.value)
     with pytest.raises(InputError):
         detect_format("corpus.gz")
 

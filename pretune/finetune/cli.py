@@ -13,6 +13,7 @@ from pretune.finetune.config import SECTIONS, load_finetune_sections
 from pretune.finetune.stage import evaluate_file
 from pretune.semisup.selftrain import format_rounds, run_finetune
 from pretune.training import distributed as dist
+from pretune.training.threads import add_threads_flag
 
 
 def cmd_finetune(args) -> None:
@@ -58,6 +59,7 @@ def register_cli(sub) -> None:
     ft.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     ft.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     add_flags(ft, *SECTIONS.values())
+    add_threads_flag(ft)
     ft.set_defaults(func=cmd_finetune)
 
     ev = sub.add_parser("evaluate", help="score a fine-tuned checkpoint on a labeled file")
@@ -66,4 +68,5 @@ def register_cli(sub) -> None:
     ev.add_argument("--out", default=None, help="write the report (with predictions) as JSON here")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_threads_flag(ev)
     ev.set_defaults(func=cmd_evaluate)

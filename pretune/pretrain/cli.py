@@ -14,6 +14,7 @@ from pretune.text.cli import corpus_args
 from pretune.text.tokenizer import PretuneTokenizer
 from pretune.training import distributed as dist
 from pretune.training.checkpoint import TOKENIZER, resolve
+from pretune.training.threads import add_threads_flag
 
 
 def cmd_prepare(args) -> None:
@@ -70,6 +71,7 @@ def register_cli(sub) -> None:
     pt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     pt.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     add_flags(pt, *SECTIONS.values())
+    add_threads_flag(pt)
     pt.set_defaults(func=cmd_pretrain)
 
     v = sub.add_parser("vocab", help="extend a tokenizer with domain words")

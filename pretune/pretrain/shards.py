@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook, a text bar elsewhere
 
 from pretune.errors import InputError
 from pretune.files import write_json

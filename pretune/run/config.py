@@ -14,9 +14,9 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[run] title` | `""` | report title (default: "pretune: <task> on <train file>") |
 | `[run] examples` | `6` | test examples shown with per-token contributions in the report |
 | `[run] skip_pretraining` | `false` | fine-tune `[pretrain] init_from` as it is: no tokenizer, shards, pretraining |
-| `[corpus] files` | (required) | unlabeled text files: .txt, .jsonl, .csv, .tsv, optionally .gz |
-| `[corpus] format` | from suffix | `txt`, `jsonl`, `csv` or `tsv` |
-| `[corpus] field` | `"text"` | JSONL field or CSV/TSV column holding the text |
+| `[corpus] files` | (required) | unlabeled text files: .txt, .jsonl, .csv, .tsv, optionally .gz; .parquet |
+| `[corpus] format` | from suffix | `txt`, `jsonl`, `csv`, `tsv` or `parquet` |
+| `[corpus] field` | `"text"` | JSONL field or CSV/TSV/parquet column holding the text |
 | `[corpus] doc_split` | `"line"` | txt: a document per `line`, or per `blank`-line-separated block |
 | `[corpus] validation_fraction` | `0.05` | documents held out to validate pretraining |
 | `[tokenizer] kind` | `"wordpiece"` | `wordpiece`, `bpe`, `bytelevel-bpe`, `unigram`, `char` |
@@ -54,6 +54,7 @@ be overridden on the command line: `pretune run my.toml --set pretrain.trainer.m
 
 from __future__ import annotations
 
+import copy
 import difflib
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -308,12 +309,15 @@ def _table(raw: dict, name: str, source) -> dict:
     return dict(value)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+def load_config(path: str | Path | dict | None = None, overrides: list[str] | None = None,
                 out: str | None = None) -> PipelineConfig:
-    """Read a pipeline TOML (default: the bundled one), apply `--set` overrides and `--out`, validate every table."""
-    cfg_path = Path(path) if path is not None else default_config_path()
-    source = str(cfg_path)
-    raw = load_toml(cfg_path)
+    """Read a pipeline TOML (default: the bundled one), apply `--set` overrides and `--out`, validate every table.
+    `path` may also be the tables themselves (a dict, as TOML gives; relative paths from the working directory)."""
+    if isinstance(path, dict):
+        cfg_path, source, raw = Path.cwd() / "config.toml", "the config dict", copy.deepcopy(path)
+    else:
+        cfg_path = Path(path) if path is not None else default_config_path()
+        source, raw = str(cfg_path), load_toml(cfg_path)
     for key in raw:
         if key not in TABLES:
             raise InputError(f"unknown table or key {key!r}{_did_you_mean(key, TABLES)}", path=source)

@@ -31,8 +31,6 @@ import dataclasses
 import time
 from pathlib import Path
 
-import torch
-
 from pretune import files
 from pretune.errors import InputError
 from pretune.run.causal import stage_causal, wants_causal
@@ -58,6 +56,7 @@ from pretune.run.summary import sweep_points
 from pretune.run.tune import tuned_config
 from pretune.text.labeled import LabelMap, read_examples
 from pretune.training import checkpoint as ck
+from pretune.training.threads import set_threads
 
 
 def check_inputs(cfg: PipelineConfig) -> None:
@@ -102,8 +101,7 @@ def start_run(cfg: PipelineConfig, force: bool = False, log=print) -> tuple[Runn
 
     Returns (runner, the checkpoint to fine-tune, its fingerprint, the fingerprint of its architecture)."""
     check_inputs(cfg)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+    set_threads(cfg.run.threads)
     root = Path(cfg.run.out).resolve()
     prepare_run_dir(root, cfg)
     runner = Runner(root, force=force, log=log)
@@ -169,8 +167,7 @@ def run_comparison(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
     compare/comparison.json)."""
     check_inputs(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, skip_pretraining=True),
                                      pretrain=dataclasses.replace(cfg.pretrain, init_from=None)))
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+    set_threads(cfg.run.threads)
     root = Path(cfg.run.out).resolve()
     prepare_run_dir(root, cfg)
     runner = Runner(root, force=force, log=log)

@@ -13,9 +13,11 @@ from pretune.text.tokenizer import PretuneTokenizer, train_tokenizer
 
 def corpus_args(p: argparse.ArgumentParser) -> None:
     """The flags that name a corpus: files, --format, --field, --doc-split (as `text.corpus.iter_documents` takes)."""
-    p.add_argument("files", nargs="+", help="text files: .txt, .jsonl, .csv, .tsv (optionally .gz)")
-    p.add_argument("--format", dest="fmt", default=None, help="txt | jsonl | csv | tsv (default: from the suffix)")
-    p.add_argument("--field", default="text", help="JSONL field or CSV column holding the text (default: text)")
+    p.add_argument("files", nargs="+", help="text files: .txt, .jsonl, .csv, .tsv (optionally .gz), .parquet")
+    p.add_argument("--format", dest="fmt", default=None,
+                   help="txt | jsonl | csv | tsv | parquet (default: from the suffix)")
+    p.add_argument("--field", default="text",
+                   help="JSONL field or CSV / parquet column holding the text (default: text)")
     p.add_argument("--doc-split", default="line", choices=("line", "blank"),
                    help="txt: one document per line, or per blank-line-separated block")
 

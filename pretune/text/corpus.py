@@ -1,4 +1,5 @@
-"""Raw text corpora: read the documents of text files (txt, jsonl, csv, tsv, optionally gzip-compressed).
+"""Raw text corpora: read the documents of text files (txt, jsonl, csv, tsv, optionally gzip-compressed) and of
+parquet files (`pretune.text.parquet`).
 
 Reading streams line by line, so corpus size is bounded by disk, not memory. Bad input raises `InputError` naming
 the file and 1-based line. `pretrain.shards` turns the documents into token shards.
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pretune.errors import InputError
+from pretune.text.parquet import iter_texts
 
-FORMATS = ("txt", "jsonl", "csv", "tsv")
+FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
 DOC_SPLITS = ("line", "blank")
 
 _CSV_FIELD_LIMIT = 2**31 - 1  # documents in a csv cell may be far longer than the 128 KiB default
@@ -150,7 +152,8 @@ def iter_documents(path: str | os.PathLike, *, fmt: str | None = None, field: st
 
     txt: one document per non-empty line (``doc_split="line"``) or blocks separated by blank lines (``"blank"``,
     lines joined by "\\n"). jsonl: ``obj[field]`` of one JSON object per line. csv/tsv: column ``field`` of a file
-    with a header row. ``doc_split`` only applies to txt. Any of them may be gzip-compressed (``.gz``).
+    with a header row; parquet: column ``field``. ``doc_split`` only applies to txt. Any but parquet may be
+    gzip-compressed (``.gz``).
     """
     path = Path(path)
     fmt = detect_format(path) if fmt is None else fmt
@@ -162,6 +165,8 @@ def iter_documents(path: str | os.PathLike, *, fmt: str | None = None, field: st
         yield from _txt_documents(path, doc_split)
     elif fmt == "jsonl":
         yield from _jsonl_documents(path, field)
+    elif fmt == "parquet":
+        yield from iter_texts(path, field)
     else:
         yield from _delimited_documents(path, field, "," if fmt == "csv" else "\t")
 

@@ -9,7 +9,8 @@ Four tasks share one `Example` type:
 - ``span``: words with labeled spans, nested or overlapping allowed
   (JSONL ``{"tokens": [...], "spans": [{"start": i, "end": j, "label": "ORG"}]}``, ``end`` exclusive).
 
-Every problem with a file is reported as `InputError` naming the file and the line.
+Every problem with a file is reported as `InputError` naming the file and the line. A ``.parquet`` file of any
+task holds the fields JSONL would, one row per object (`pretune.text.parquet`; its "line" is the row number).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pretune.errors import InputError
+from pretune.text.parquet import is_parquet, iter_records
 
 TASKS = ("classify", "pair", "tag", "span")
 NULL_LABEL = "NULL"  # span label of a candidate that is not an entity
@@ -61,6 +63,8 @@ def _read_text(path: Path) -> tuple[str, str]:
         raise InputError("file not found", path)
     if path.is_dir():
         raise InputError("expected a file, found a directory", path)
+    if is_parquet(path):  # read row by row in _iter_jsonl
+        return "", ".parquet"
     data = path.read_bytes()
     suffix = path.suffix.lower()
     if suffix == ".gz":
@@ -95,7 +99,7 @@ def _first_json_object(text: str) -> bool:
 
 
 def _table_format(text: str, suffix: str) -> str:
-    if suffix in (".jsonl", ".json", ".ndjson"):
+    if suffix in (".jsonl", ".json", ".ndjson", ".parquet"):
         return "jsonl"
     if suffix == ".csv":
         return "csv"
@@ -108,6 +112,9 @@ def _table_format(text: str, suffix: str) -> str:
 
 
 def _iter_jsonl(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    if is_parquet(path):  # a parquet file's rows are its records
+        yield from iter_records(path)
+        return
     for lineno, ln in enumerate(_lines(text), start=1):
         if not ln.strip():
             continue
@@ -370,7 +377,7 @@ def read_examples(
         fields = (text_field or default,) if task == "classify" else (text_field or default, text_b_field)
         examples = _read_text_task(text, suffix, path, task, fields, label_field, require_labels)
     elif task == "tag":
-        is_jsonl = suffix in (".jsonl", ".json", ".ndjson") or _first_json_object(text)
+        is_jsonl = suffix in (".jsonl", ".json", ".ndjson", ".parquet") or _first_json_object(text)
         examples = (_read_tag_jsonl if is_jsonl else _read_conll)(text, path, require_labels)
     else:
         examples = _read_span_jsonl(text, path, require_labels)

@@ -3,8 +3,8 @@
 What the loop knows: a model, a resumable source of batches, a loss function returning (loss, stats), an
 evaluation function, and how to save the model. What it does: AdamW (no decay on biases and norms), warm-up then
 linear/cosine decay, gradient accumulation and clipping, bf16 autocast where the device supports it, periodic
-evaluation, early stopping, a JSONL metrics log, atomic checkpoints every N steps, exact resume, clean exit on
-SIGINT/SIGTERM (checkpoint first), and a clear stop on a NaN/inf loss.
+evaluation, early stopping, a JSONL metrics log (and TensorBoard event files beside it), atomic checkpoints every
+N steps, exact resume, clean exit on SIGINT/SIGTERM (checkpoint first), and a clear stop on a NaN/inf loss.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pretune.training.batches import BatchSource, count_tokens, move, row_count
 from pretune.training.checkpoint import OPTIMIZER, TRAINER_STATE, load_checkpoint, load_into
 from pretune.training.config import TrainConfig, resolve_device, use_bf16
 from pretune.training.optim import adamw, group_lambdas, param_groups
+from pretune.training.tensorboard import event_log
 
 
 class TrainingError(RuntimeError):
@@ -50,14 +51,16 @@ class Window:
 
     totals: dict[str, list[float]] = field(default_factory=dict)  # stat -> [numerator, denominator]
     tokens: int = 0
+    grad_norms: list[float] = field(default_factory=list)  # before clipping, of the steps not skipped
     start: float = field(default_factory=time.perf_counter)
 
 
 class Trainer:
     """Runs `cfg.max_steps` optimizer steps of `loss_fn` over `batches`, evaluating, logging and checkpointing.
 
-    Files under `out_dir`: metrics.jsonl, last/ (resumable: weights + optimizer + trainer state), best/ (when early
-    stopping tracks a metric) and model/ (the final model: best if tracked, else last).
+    Files under `out_dir`: metrics.jsonl (and its TensorBoard copy, events.out.tfevents.*), last/ (resumable:
+    weights + optimizer + trainer state), best/ (when early stopping tracks a metric) and model/ (the final model:
+    best if tracked, else last).
 
     The loss of a step is the mean over its whole global batch (all micro-batches, all ranks): each micro-batch's
     loss is weighted by `loss_weight(batch)` / the global batch's total weight. With `loss_weight` counting what the
@@ -104,6 +107,7 @@ class Trainer:
         self.step, self.best, self.bad_evals, self.skipped = 0, None, 0, 0
         self._stop_signal: int | None = None  # a signal this process received
         self._stopping = False  # some rank received one: every rank checkpoints and stops after this step
+        self.events = None  # the TensorBoard EventLog of the main rank while fit() runs
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -116,11 +120,13 @@ class Trainer:
         last_eval: dict | None = None
         stopped_early = False
         self.model.train()
-        with self._catching_signals(), self._progress_bar() as bar:
+        with self._catching_signals(), self._progress_bar() as bar, self._event_log(resume):
             window = Window()
             while self.step < end:
-                loss_value, tokens = self._train_step(window.totals)
+                loss_value, tokens, grad_norm = self._train_step(window.totals)
                 window.tokens += tokens
+                if grad_norm is not None:
+                    window.grad_norms.append(grad_norm)
                 self.step += 1
                 if bar is not None:
                     bar.update(1)
@@ -135,9 +141,8 @@ class Trainer:
                 if self._stopping:
                     self._exit_on_signal(bar)
                 if stopped_early:
-                    if bar is not None:
-                        bar.write(f"early stop at step {self.step}: no {self.early.metric} gain in "
-                                  f"{self.early.patience} evaluations")
+                    self._say(bar, f"early stop at step {self.step}: no {self.early.metric} gain in "
+                              f"{self.early.patience} evaluations")
                     break
         self.finish()
         return {"step": self.step, "validation": last_eval, "best": self.best, "stopped_early": stopped_early}
@@ -161,13 +166,34 @@ class Trainer:
         if not (self.cfg.progress and dist.is_main()):
             yield None
             return
-        from tqdm import tqdm  # only runs that show progress pay for importing tqdm
+        from tqdm.auto import tqdm  # a terminal bar, or a notebook widget; only runs that show progress import it
 
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True, leave=True)
         try:
             yield bar
         finally:
             bar.close()
+
+    @contextlib.contextmanager
+    def _event_log(self, resumed: bool) -> Iterator[None]:
+        """self.events: the main rank's TensorBoard log while training (None without the package)."""
+        if not dist.is_main():
+            yield
+            return
+        with event_log(self.out, self.step if resumed else None) as self.events:
+            try:
+                yield
+            finally:
+                self.events = None
+
+    def _say(self, bar, message: str, file=None) -> None:
+        """A line for the user on the main rank: above the progress bar, or (--no-progress) on `file` (stdout)."""
+        if not dist.is_main():
+            return
+        if bar is not None:
+            bar.write(message)
+        else:
+            print(message, file=file or sys.stdout, flush=True)
 
     def _due(self, every: int) -> bool:
         return self.step % every == 0 or self.step == self.cfg.max_steps
@@ -179,11 +205,16 @@ class Trainer:
         tokens = dist.all_reduce_sum([window.tokens])[0]
         rec = {"step": self.step, "split": "train", **summary, "loss": loss_value,
                "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(dt, 1e-9)}
+        if window.grad_norms:
+            rec["grad_norm"] = sum(window.grad_norms) / len(window.grad_norms)
         if self.skipped:
             rec["skipped_batches"] = self.skipped
         self.log(rec)
         if bar is not None:
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+        else:  # no bar (--no-progress): one line per log window instead
+            self._say(None, f"step {self.step}/{self.cfg.max_steps}: loss {loss_value:.4g}, lr {rec['lr']:.3g}, "
+                            f"{rec['tokens_per_s']:.0f} tokens/s")
 
     def log(self, record: dict) -> None:
         if dist.is_main():
@@ -193,6 +224,8 @@ class Trainer:
                     f.write(json.dumps(record) + "\n")
             except OSError as e:
                 raise InputError(f"cannot write the metrics log: {e.strerror or e}", path=path) from None
+            if self.events is not None:
+                self.events.write(record)
 
     def evaluate(self) -> dict[str, float] | None:
         if self.evaluate_fn is None:
@@ -209,8 +242,7 @@ class Trainer:
         if metrics is None:
             return False
         self.log({"step": self.step, "split": "validation", **metrics})
-        if bar is not None:
-            bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        self._say(bar, f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         out_of_patience = False
         if self.early is not None:
             if self._improved(metrics):
@@ -234,18 +266,13 @@ class Trainer:
     def _exit_on_signal(self, bar) -> None:
         """After the checkpoint of a step that some rank was signalled in: say so and stop (KeyboardInterrupt)."""
         name = signal.Signals(self._stop_signal or signal.SIGTERM).name
-        if dist.is_main():
-            msg = f"{name}: checkpoint saved at step {self.step} in {self.out / 'last'}; exiting"
-            if bar is not None:
-                bar.write(msg)
-            else:
-                print(msg, file=sys.stderr)
+        self._say(bar, f"{name}: checkpoint saved at step {self.step} in {self.out / 'last'}; exiting", sys.stderr)
         raise KeyboardInterrupt(name)
 
     # ---- one step ----------------------------------------------------------------------------------------------
-    def _train_step(self, totals: dict[str, list[float]]) -> tuple[float, int]:
+    def _train_step(self, totals: dict[str, list[float]]) -> tuple[float, int, float | None]:
         """One optimizer step over grad_accum global micro-batches, adding its stats to `totals`; returns the step's
-        loss over the global batch and the tokens this rank trained on."""
+        loss over the global batch, the tokens this rank trained on and the gradient norm (None: step skipped)."""
         cfg, world = self.cfg, dist.world_size()
         self.optimizer.zero_grad(set_to_none=True)
         micro_batches = [self.batches.next_global() for _ in range(cfg.grad_accum)]
@@ -272,17 +299,19 @@ class Trainer:
         if problem is None and cfg.clip_norm > 0:
             norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm))
             problem = None if math.isfinite(norm) else f"gradient norm is {norm}"
+        elif problem is None:  # no clipping: the norm only for the log
+            norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None]))
         if problem is not None:
             if cfg.on_nan == "skip":
                 self.skipped += 1
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-                return loss_value, tokens
+                return loss_value, tokens, None
             raise TrainingError(f"{problem} at step {self.step + 1}; lower the learning rate, check the data, "
                                 f"or set on_nan = \"skip\" to skip such batches")
         self.optimizer.step()
         self.scheduler.step()
-        return loss_value, tokens
+        return loss_value, tokens, norm
 
     # ---- state and checkpoints ---------------------------------------------------------------------------------
     def trainer_state(self) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 from pretune import files
 from pretune.finetune.model import load_task_model
 from pretune.training.config import resolve_device
+from pretune.training.threads import add_threads_flag
 from pretune.use.embed import embed_file
 from pretune.use.explain import METHODS, explain_ansi, explain_full, explain_html
 from pretune.use.generate import check_options, generate, load_causal_model
@@ -74,6 +75,7 @@ def register_cli(sub) -> None:
             c.add_argument("--batch-size", type=_positive, default=32)
         c.add_argument("--device", default="auto")
         c.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+        add_threads_flag(c)
         c.set_defaults(func=func)
         return c
 
@@ -113,4 +115,5 @@ def register_cli(sub) -> None:
     g.add_argument("--greedy", action="store_true", help="always take the most likely token")
     g.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    add_threads_flag(g)
     g.set_defaults(func=cmd_generate)
