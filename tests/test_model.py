@@ -86,11 +86,28 @@ def test_mlm_head_only_decodes_given_rows():
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(hidden_size=65), dict(num_layers=0), dict(activation="swish"), dict(dropout=1.5), dict(pad_token_id=500)],
+    [dict(hidden_size=65), dict(num_layers=0), dict(activation="swish"), dict(dropout=1.5), dict(pad_token_id=500),
+     dict(position_init="learned")],
 )
 def test_invalid_configs_are_rejected(bad):
     with pytest.raises(InputError):
         tiny(**bad).validate()
+
+
+def test_sinusoidal_position_init_changes_only_the_position_table():
+    torch.manual_seed(0)
+    plain = Transformer(tiny())
+    torch.manual_seed(0)
+    sin = Transformer(tiny(position_init="sinusoidal"))
+    table = sin.embeddings.position.weight
+    assert abs(table.std().item() - 0.02) < 1e-4
+    # neighbouring positions start alike and distant ones not: the table's dot products fall with the distance
+    sim = torch.nn.functional.cosine_similarity(table[10:11], table[[11, 14, 40]], dim=-1)
+    assert sim[0] > sim[1] > sim[2]
+    rand = plain.embeddings.position.weight
+    assert sim[0] > 0.5 > torch.nn.functional.cosine_similarity(rand[10], rand[11], dim=0)  # random: unrelated
+    for name, p in plain.state_dict().items():  # every other weight is the same random draw
+        assert torch.equal(p, sin.state_dict()[name]) == (name != "embeddings.position.weight"), name
 
 
 def test_unknown_config_key_is_named():

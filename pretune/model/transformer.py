@@ -6,6 +6,7 @@ Shapes: B batch, T query length, S key length (T plus cached positions), H hidde
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
@@ -16,6 +17,19 @@ from torch import nn
 from pretune.errors import InputError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+
+
+POSITION_INITS = ("random", "sinusoidal")
+
+
+def sinusoidal_positions(n: int, dim: int, std: float = 0.02) -> torch.Tensor:
+    """[n, dim] sine/cosine position table (sin at even, cos at odd features), scaled to standard deviation `std`."""
+    pos = torch.arange(n, dtype=torch.float32).unsqueeze(1)  # [n, 1]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))  # [ceil(dim/2)]
+    table = torch.zeros(n, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table * (std / table.std())
 
 
 @dataclass
@@ -38,6 +52,9 @@ class ModelConfig:
     embedding_layer_norm: bool = True  # LayerNorm on the summed embeddings (BERT yes, GPT-2 no)
     final_layer_norm: bool = False  # LayerNorm after the last block (GPT-2 / pre-LN models)
     pad_token_id: int = 0
+    # initial position embeddings: random (normal, std 0.02, as BERT) | sinusoidal (Vaswani et al.'s table scaled to
+    # std 0.02: nearby positions start alike, so attention to neighbours is there to find from the first step)
+    position_init: str = "random"
 
     def validate(self, source: str | None = None) -> ModelConfig:
         def bad(msg: str) -> InputError:
@@ -56,6 +73,8 @@ class ModelConfig:
             raise bad(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.attention_dropout < 1.0):
             raise bad("dropout and attention_dropout must be in [0, 1)")
+        if self.position_init not in POSITION_INITS:
+            raise bad(f"position_init must be one of {POSITION_INITS}, got {self.position_init!r}")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise bad(f"pad_token_id {self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
         return self
@@ -230,6 +249,9 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.final_layer_norm else None
         self.apply(init_weights)
+        if cfg.position_init == "sinusoidal":  # after init_weights, so the random draws stay the same
+            with torch.no_grad():
+                self.embeddings.position.weight.copy_(sinusoidal_positions(cfg.max_positions, cfg.hidden_size))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
