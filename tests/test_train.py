@@ -19,6 +19,9 @@ def test_schedules_warm_up_then_decay():
         assert all(a >= b for a, b in zip(values, values[1:]))
         assert values[-1] < 0.05
     assert lr_lambda(TrainConfig(max_steps=10, warmup_steps=0, schedule="constant"))(7) == 1.0
+    wsd = lr_lambda(TrainConfig(max_steps=100, warmup_steps=10, schedule="wsd"))  # stable to step 80, then decay
+    assert wsd(0) == pytest.approx(0.1) and wsd(10) == wsd(80) == 1.0
+    assert wsd(90) == pytest.approx(0.5) and wsd(99) == pytest.approx(0.05)
 
 
 def _letter_corpus(path, n_docs=400, seed=0):

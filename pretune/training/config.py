@@ -11,7 +11,8 @@ import torch
 from pretune.errors import InputError
 from pretune.training import distributed as dist
 
-SCHEDULES = ("linear", "cosine", "constant")
+SCHEDULES = ("linear", "cosine", "constant", "wsd")
+WSD_DECAY = 0.2  # wsd: the share of max_steps (at the end) over which the lr falls linearly to 0
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -27,7 +28,9 @@ class TrainConfig:
     adam_eps: float = 1e-6
     warmup_ratio: float = 0.06
     warmup_steps: int | None = None
-    schedule: str = "linear"
+    schedule: str = field(default="linear", metadata={
+        "help": "after warm-up: linear | cosine decay to 0, constant, or wsd (warmup-stable-decay: constant, then a "
+                "linear decay to 0 over the last 20% of max_steps)"})
     clip_norm: float = 1.0
     eval_every: int = 200
     eval_batches: int = 50

@@ -1,5 +1,5 @@
 """The optimizer and learning-rate schedule of the Trainer: AdamW without decay on biases and norms, warm-up then
-linear / cosine decay (or constant)."""
+linear / cosine decay, constant, or warmup-stable-decay."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pretune.training.config import TrainConfig
+from pretune.training.config import WSD_DECAY, TrainConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float, hold_steps: int = 0,
@@ -41,6 +41,8 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
             return (step + 1) / warm
         if cfg.schedule == "constant":
             return 1.0
+        if cfg.schedule == "wsd":  # stable, then the last WSD_DECAY of the steps fall linearly to 0
+            return min(1.0, (total - step) / max(1.0, WSD_DECAY * total))
         progress = min(1.0, (step - warm) / max(1, total - warm))
         if cfg.schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * progress))
