@@ -13,8 +13,9 @@ and the comparison's checkpoint changed -- runs it, and reads its report/summary
 
 Both settings compare, on the same label subsets, with TF-IDF + LR, the MiniLM linear probe and MiniLM fine-tuned as
 published ([compare]); with --setfit-python, also SetFit on the same MiniLM (benchmarks/setfit_run.py, run by a
-Python that has the `setfit` package: a benchmark-only extra). Runs live in --out/<task>/<setting>/seed<k>/ and are
-reused: a run whose summary.json exists for the same config is not run again, and a run cut off resumes its stages.
+Python that has the `setfit` package: a benchmark-only extra). Runs live in --out/<task>/<setting>/seed<k>/, with
+seed<k>.toml (the config) and seed<k>.log (its output) beside, and are reused: a run whose summary.json exists for
+the same config is not run again, and a run cut off resumes its stages.
 
 stdout: one JSON line per (task, labels, method) with the mean, std, min and max of the test metric over seeds.
 pretune's own rows are named per setting ("pretune pretrained [a]", "pretune from scratch [b]", ...).
@@ -124,16 +125,16 @@ def run_config(base: dict, task: Task, setting: str, seed: int, fractions: list[
 
 def run_once(config: str, out: Path) -> dict:
     """Run `pretune run` on the config text in `out` (reusing a finished run of the same config) -> summary.json."""
-    summary, config_path = out / "report" / "summary.json", out / "quality.toml"
+    summary, config_path, log_path = out / "report" / "summary.json", out.with_suffix(".toml"), out.with_suffix(".log")
     if summary.is_file() and config_path.is_file() and config_path.read_text(encoding="utf-8") == config:
         return json.loads(summary.read_text(encoding="utf-8"))
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(config, encoding="utf-8")
-    with (out / "quality.log").open("w", encoding="utf-8") as log:
+    with log_path.open("w", encoding="utf-8") as log:
         rc = subprocess.run([sys.executable, "-m", "pretune.cli", "run", str(config_path)], stdout=log,
                             stderr=subprocess.STDOUT, cwd=REPO, env=ENV).returncode
     if rc != 0 or not summary.is_file():
-        raise RuntimeError(f"pretune run failed (exit {rc}); see {out / 'quality.log'}")
+        raise RuntimeError(f"pretune run failed (exit {rc}); see {log_path}")
     return json.loads(summary.read_text(encoding="utf-8"))
 
 

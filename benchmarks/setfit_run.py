@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from datasets import Dataset
@@ -39,12 +40,14 @@ def main(argv: list[str] | None = None) -> None:
     train, test = read_examples(args.train, "classify"), read_examples(args.test, "classify")
     method = f"SetFit {checkpoint_name(args.model)}"
     row = {}
+    scratch = tempfile.TemporaryDirectory()  # SetFit's Trainer writes checkpoints to its output_dir
     for fraction in map(float, args.fractions.split(",")):
         subset = subsample(train, fraction, args.seed)  # the subset pretune's sweep and [compare] use
         model = SetFitModel.from_pretrained(args.model)
         model.model_body.max_seq_length = args.max_len
         trainer = Trainer(model=model, args=TrainingArguments(num_iterations=args.iterations,
-                                                              num_epochs=args.epochs, seed=args.seed),
+                                                              num_epochs=args.epochs, seed=args.seed,
+                                                              output_dir=scratch.name, save_strategy="no"),
                           train_dataset=Dataset.from_dict({"text": [e.text for e in subset],
                                                            "label": [e.label for e in subset]}))
         trainer.train()
