@@ -88,7 +88,7 @@ def label_fractions(spec: str, task: Task) -> list[float]:
         elif item.isdigit():
             n = int(item)
         else:
-            raise InputError(f"--labels: {item!r} is not Nc, N%, N or all", path="--labels")
+            raise InputError(f"{item!r} is not Nc, N%, N or all", path="--labels")
         fractions.add(round(min(max(n, 1) / task.n_train, 1.0), 6))
     return sorted(fractions)
 
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = [s.strip() for s in args.settings.split(",")]
     if unknown := [s for s in settings if s not in SETTINGS]:
-        raise InputError(f"--settings: unknown {unknown}, expected a and/or b", path="--settings")
+        raise InputError(f"unknown {unknown}, expected a and/or b", path="--settings")
     base = default_config()
     results = []
     for name in args.tasks.split(","):
@@ -214,4 +214,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (InputError, RuntimeError) as e:  # bad flags or sources, a failed run: one line, exit code 2
+        print(f"quality.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
