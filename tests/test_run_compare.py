@@ -59,8 +59,11 @@ def test_pretune_compare_with_a_named_checkpoint(tiny, tmp_path, capsys):
     config, out = tiny
     ckpt = out / "pretrain" / "model"  # a small pretrained pretune checkpoint, named "pretrain" (its stage)
     fresh = tmp_path / "fresh"
-    assert main(["compare", str(config), "--out", str(fresh), "--set", f'compare.checkpoints=["{ckpt}"]']) == 0
+    assert main(["compare", str(config), "--out", str(fresh), "--set", f'compare.checkpoints=["{ckpt}"]',
+                 "--set", "compare.finetune_lr=7e-4"]) == 0
     printed = capsys.readouterr().out
+    record = json.loads((fresh / "compare" / "pretrain-1" / "run.json").read_text())
+    assert record["train"]["lr"] == 7e-4  # a published checkpoint is fine-tuned at [compare] finetune_lr
     comp = json.loads((fresh / "compare" / "comparison.json").read_text())
     assert set(comp["table"]) == {"TF-IDF + LR", "pretrain probe", "pretrain fine-tuned"}  # no pretune run here
     for row in comp["table"].values():

@@ -61,7 +61,8 @@ def checkpoint_finetunes(runner: Runner, cfg: PipelineConfig, points: dict[float
         for fraction, seed in points.items():
             stage = f"compare/{name}-{fraction:g}"
             out[stage] = (stage_finetune(runner, cfg, stage, Path(path), upstream, from_scratch=False,
-                                         label_fraction=fraction, label_seed=seed), f"{name} fine-tuned")
+                                         label_fraction=fraction, label_seed=seed, lr=cfg.compare.finetune_lr),
+                          f"{name} fine-tuned")
     return out
 
 

@@ -148,9 +148,14 @@ class CompareSection:
     checkpoints: list[str] = field(default_factory=list)  # absolute once loaded
     probe: bool = True
     finetune_checkpoints: bool = True
+    # the body's learning rate when a published checkpoint is fine-tuned as published ([finetune.trainer] lr suits
+    # pretune's small models; a BERT-sized checkpoint wants the usual 2e-5 to 1e-4)
+    finetune_lr: float = 5e-5
     prompts: list[str] = field(default_factory=list)  # causal runs: prompts generated from by both checkpoints
 
     def validate(self, source=None) -> CompareSection:
+        if not 0 < self.finetune_lr < 1:
+            raise InputError(f"[compare] finetune_lr must be in (0, 1), got {self.finetune_lr}", path=source)
         for path in self.checkpoints:
             if not Path(path).is_dir():
                 raise InputError("[compare] checkpoints: no such folder (a pretune checkpoint or a Hugging Face "

@@ -123,9 +123,10 @@ def _model_config_for_record(cfg: PipelineConfig):
 
 def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: Path, upstream: dict,
                    from_scratch: bool, label_fraction: float | None = None,
-                   label_seed: int | None = None) -> StageResult:
+                   label_seed: int | None = None, lr: float | None = None) -> StageResult:
     """One fine-tuning run (the pretrained model, or the baseline when from_scratch) in `name`/. The pretrained model
-    is self-trained / consistency-trained when [finetune] asks for it; the baseline is always the plain fine-tune."""
+    is self-trained / consistency-trained when [finetune] asks for it; the baseline is always the plain fine-tune.
+    `lr` replaces [finetune.trainer] lr (a published checkpoint fine-tuned at its own rate)."""
     sec = dataclasses.replace(cfg.finetune, checkpoint=str(checkpoint), from_scratch=from_scratch)
     if from_scratch:  # a fair baseline: nothing that only makes sense for a pretrained body. freeze -> none (frozen
         # random layers would never learn), layer_lr_decay -> 1 (it shrinks the lr of "general" lower layers, which
@@ -137,12 +138,12 @@ def stage_finetune(runner: Runner, cfg: PipelineConfig, name: str, checkpoint: P
         sec = dataclasses.replace(sec, label_fraction=label_fraction)
     if label_seed is not None:
         sec = dataclasses.replace(sec, label_seed=label_seed)
+    trainer = dataclasses.replace(cfg.finetune_trainer, **({"lr": lr} if lr is not None else {}))
     inputs = {"init": upstream, "from_scratch": from_scratch, "data": labeled_inputs(sec),
-              **finetune_fp(sec, cfg.finetune_trainer)}
+              **finetune_fp(sec, trainer)}
 
     def work(d: Path, resume: bool) -> dict:
-        sections = {"finetune": dataclasses.replace(sec, out=str(d)),
-                    "train": dataclasses.replace(cfg.finetune_trainer)}
+        sections = {"finetune": dataclasses.replace(sec, out=str(d)), "train": dataclasses.replace(trainer)}
         r = selftrain.run_finetune(sections, resume=resume, overwrite=not resume, source=cfg.source)
         return {k: r.get(k) for k in ("metric", "best", "validation", "steps", "n_train", "stopped_early",
                                       "self_training")}
