@@ -43,6 +43,11 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = os.environ | {"PYTHONPATH": str(REPO)}  # every child runs this copy of pretune
 SETTINGS = {"a": "pretraining from scratch", "b": "continued pretraining of all-MiniLM-L6-v2"}
 PRETUNE_METHODS = ("pretune pretrained", "pretune from scratch")  # the comparison's names of pretune's rows
+SETTING_B = {  # continued pretraining of a published checkpoint: README "Starting from a published checkpoint"
+    "pretrain": {"init_from": None, "mask_prob": 0.15, "head_warmup_steps": 50},  # init_from: filled in per run
+    "pretrain.trainer": {"max_steps": 300, "batch_size": 32, "lr": 1e-4, "warmup_steps": 30, "schedule": "wsd"},
+    "finetune.trainer": {"lr": 5e-5},  # as [compare] finetune_lr fine-tunes the checkpoint as published
+}
 QUICK = {  # --quick: a tiny pretraining and fine-tuning budget (smoke tests)
     "pretrain": {"model_size": "tiny"},
     "pretrain.trainer": {"max_steps": 20, "warmup_steps": 2, "batch_size": 16, "eval_every": 10,
@@ -120,6 +125,8 @@ def run_config(base: dict, task: Task, setting: str, seed: int, fractions: list[
     tables["compare"] |= {"enabled": True, "classic": alternatives, "probe": alternatives,
                           "finetune_checkpoints": alternatives, "checkpoints": [minilm]}
     if setting == "b":
+        for name, values in SETTING_B.items():
+            tables[name] |= values
         tables["pretrain"]["init_from"] = minilm
     for name, values in (QUICK.items() if quick else ()):
         tables[name] |= values

@@ -126,8 +126,11 @@ def test_run_config_changes_only_data_seeds_sweep_and_comparison(tmp_path):
         for table in ("tokenizer", "tune"):
             assert cfg[table] == base[table]
         assert cfg["pretrain"]["model"] == base["pretrain"]["model"]
+        setting_b = quality.SETTING_B["finetune.trainer"] if setting == "b" else {}
         assert {k: v for k, v in cfg["finetune"]["trainer"].items() if k != "seed"} == \
-            {k: v for k, v in base["finetune"]["trainer"].items() if k != "seed"}
+            {k: v for k, v in base["finetune"]["trainer"].items() if k != "seed"} | setting_b
+        if setting == "b":  # continued pretraining at a published checkpoint's pace, its new MLM head warmed up
+            assert cfg["pretrain"]["head_warmup_steps"] == 50 and cfg["pretrain"]["trainer"]["lr"] == 1e-4
 
 
 def test_collect_and_aggregate_over_seeds():
