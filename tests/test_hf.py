@@ -412,8 +412,9 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path):
     tok = train_tokenizer(CORPUS, kind="wordpiece", vocab_size=200, min_frequency=1)
     cfg = ModelConfig.from_dict(dict(PRESETS["tiny"], vocab_size=tok.vocab_size))
     for task, options, words in (("tag", {"crf": True, "all_subwords": False}, "CRF"),
-                                 ("span", {"max_span_width": 4}, "task 'span'")):
-        model = finetune.TaskModel(cfg, task, ["O", "B-X", "I-X"] if task == "tag" else ["NULL", "X"], options)
+                                 ("span", {"max_span_width": 4}, "task 'span'"),
+                                 ("classify", {"pooling": "mean"}, "--pooling cls")):
+        model = finetune.TaskModel(cfg, task, ["O", "B-X", "I-X"] if task != "span" else ["NULL", "X"], options)
         ck.save_checkpoint(tmp_path / task, model, finetune.task_config(model, 64), tok)
         with pytest.raises(InputError, match=words):
             export_hf(tmp_path / task, tmp_path / f"{task}_hf")
@@ -558,7 +559,7 @@ def test_continue_pretraining_and_finetuning_from_hf_folder(tmp_path, capsys):
     assert main(["finetune", "--task", "classify", "--from", str(tmp_path / "run"), "--train",
                  str(tmp_path / "train.csv"), "--validation", str(tmp_path / "validation.csv"), "--out",
                  str(tmp_path / "ft"), "--epochs", "1", "--batch-size", "8", "--max-len", "32", "--no-progress",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--pooling", "cls"]) == 0  # BertForSequenceClassification reads [CLS]
     assert main(["export", str(tmp_path / "ft"), "--out", str(tmp_path / "final")]) == 0
     capsys.readouterr()
     model, tok, _ = load_task_model(tmp_path / "ft")

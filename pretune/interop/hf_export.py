@@ -170,6 +170,10 @@ def export_hf(checkpoint: str | Path, out: str | Path, family: str = "auto", ove
         if family == "gpt2":
             raise InputError("task models on a causal body have no Hugging Face counterpart with the same head; "
                              "export supports classify / pair / tag on BERT and RoBERTa bodies", path=ckpt.path)
+        if (ckpt.config.get("head") or {}).get("pooling", "cls") != "cls":
+            raise InputError("a classifier on the mean of the tokens' states has no Hugging Face counterpart "
+                             "(*ForSequenceClassification reads [CLS] through the pooler); fine-tune with "
+                             "--pooling cls to export it, or export the pretrained checkpoint", path=ckpt.path)
         if any(k.startswith("head.crf.") for k in state):
             raise InputError("a CRF tag head has no Hugging Face counterpart (AutoModelForTokenClassification); "
                              "fine-tune without --crf to export", path=ckpt.path)
