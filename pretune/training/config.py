@@ -30,7 +30,7 @@ class TrainConfig:
     warmup_steps: int | None = None
     schedule: str = field(default="linear", metadata={
         "help": "after warm-up: linear | cosine decay to 0, constant, or wsd (warmup-stable-decay: constant, then a "
-                "linear decay to 0 over the last 20% of max_steps)"})
+                "linear decay to 0 over the last fifth of max_steps)"})
     clip_norm: float = 1.0
     eval_every: int = 200
     eval_batches: int = 50
