@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (pretraining, fine-tuning, label subset)")
     p.add_argument("--settings", default="a,b", help="a: pretrain from scratch; b: init_from all-MiniLM-L6-v2")
     p.add_argument("--labels", default="5c,10%,30%,all",
-                   help="label counts of the sweep: Nc (N per class), N% (of the train set), N, all")
+                   help="label counts of the sweep: Nc (N per class), N%% (of the train set), N, all")
     p.add_argument("--out", default="quality-runs", help="folder of the tasks and runs (reused between calls)")
     p.add_argument("--threads", type=int, default=1, help="[run] threads of each run")
     p.add_argument("--quick", action="store_true", help="tiny pretraining and fine-tuning budget (smoke test)")

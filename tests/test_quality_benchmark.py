@@ -175,3 +175,9 @@ def test_quick_end_to_end_on_a_tiny_task(tmp_path, capsys):
     summary = tmp_path / "runs" / "tiny" / "a" / "seed0" / "report" / "summary.json"
     stamp = summary.stat().st_mtime_ns
     assert quality.main(args) == lines and summary.stat().st_mtime_ns == stamp  # reused, not run again
+
+
+def test_help_prints(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quality.parse_args(["--help"])
+    assert exit_info.value.code == 0 and "--labels" in capsys.readouterr().out
