@@ -327,7 +327,7 @@ def test_clm_loss_is_next_token_cross_entropy():
 
 
 def test_objective_options_are_declared_per_class():
-    assert set(OBJECTIVES) == {"mlm", "wwm", "span", "mlm+nsp", "clm"}
+    assert set(OBJECTIVES) == {"mlm", "wwm", "span", "mlm+nsp", "clm", "rtd"}
     sec = PretrainSection(shards="s", out="o", objective="span", span_p=0.3, span_max=5)
     assert sec.validate().objective_options(OBJECTIVES["span"]) == {
         "mask_prob": 0.15, "mask_ratio": 0.8, "random_ratio": 0.1, "span_p": 0.3, "span_max": 5}
@@ -343,7 +343,7 @@ def test_objective_options_are_declared_per_class():
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
-@pytest.mark.parametrize("objective", ["mlm", "wwm", "span", "mlm+nsp", "clm"])
+@pytest.mark.parametrize("objective", ["mlm", "wwm", "span", "mlm+nsp", "clm", "rtd"])
 def test_every_objective_trains_through_the_cli(data, tmp_path, objective, capsys):
     out = tmp_path / "run"
     code = main(["pretrain", "--shards", str(data["shards"]), "--out", str(out), "--objective", objective,
@@ -358,7 +358,7 @@ def test_every_objective_trains_through_the_cli(data, tmp_path, objective, capsy
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["objective"] == objective
     expected_heads = {"mlm": ["mlm"], "wwm": ["mlm"], "span": ["mlm", "sbo"], "mlm+nsp": ["mlm", "nsp"],
-                      "clm": ["lm"]}[objective]
+                      "clm": ["lm"], "rtd": ["generator", "rtd"]}[objective]
     assert config["heads"] == expected_heads
     assert config["model"]["causal"] == (objective == "clm")
     if objective == "mlm+nsp":

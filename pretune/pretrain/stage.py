@@ -33,7 +33,7 @@ class PretrainSection:
     out: str = field(default="", metadata={"help": "run directory (checkpoints, metrics.jsonl, model/)"})
     max_len: int = 128
     model_size: str = field(default="base", metadata={"help": f"preset: {', '.join(PRESETS)}; [model] keys override"})
-    objective: str = field(default="mlm", metadata={"help": "mlm | wwm | span | mlm+nsp | clm"})
+    objective: str = field(default="mlm", metadata={"help": "mlm | wwm | span | mlm+nsp | clm | rtd"})
     mask_prob: float = field(default=0.15, metadata={"help": "masked objectives: share of tokens to predict"})
     mask_ratio: float = field(default=0.8, metadata={"help": "masked objectives: share of those replaced by [MASK]"})
     random_ratio: float = field(default=0.1, metadata={"help": "masked objectives: share replaced by a random token"})
