@@ -290,6 +290,7 @@ def test_import_roberta_prelayernorm_and_back(tmp_path):
     from test_hf import write_bytelevel_tokenizer
 
     V = write_bytelevel_tokenizer(d, "RobertaTokenizer")
+    (d / "tokenizer_config.json").write_text("{}")  # no class named: the model_type's default (RobertaTokenizer)
     config = T.RobertaPreLayerNormConfig(vocab_size=V, max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
                                          eos_token_id=2, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                          intermediate_size=64, type_vocab_size=1)
@@ -299,6 +300,8 @@ def test_import_roberta_prelayernorm_and_back(tmp_path):
     hf.save_pretrained(d)
     ckpt = open_checkpoint(d)
     assert ckpt.config["model"]["pre_ln"] and ckpt.config["model"]["final_layer_norm"]
+    inner = json.loads(ckpt.tokenizer().inner.to_str())  # read as RobertaTokenizer: RoBERTa's offset trimming
+    assert ckpt.tokenizer().specials.pad == 1 and inner["post_processor"]["type"] == "RobertaProcessing"
     ids, mask, _ = batch(V, pad=1)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).logits
