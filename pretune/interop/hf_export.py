@@ -256,16 +256,18 @@ def export_hf(checkpoint: str | Path, out: str | Path, family: str = "auto", ove
     if family != "gpt2" and cfg.type_vocab_size == 0:  # BERT always adds a segment embedding: make it zero
         theirs[f"{p}embeddings.token_type_embeddings.weight"] = torch.zeros(1, cfg.hidden_size)
     architecture = ARCHITECTURES[(family, kind)]
+    random_pooler = kind == "body" and family != "gpt2" and not pooler
     if why is not None:
-        notes.append(f"{why} has no transformers counterpart: exported the body only, as {architecture}")
+        notes.append(f"{why} has no transformers counterpart: exported the body only, as {architecture}"
+                     + (" (its pooler left to transformers' random init)" if random_pooler else ""))
+    elif random_pooler:
+        notes.append(f"this checkpoint has no pooler for {architecture}: transformers initialises it at random "
+                     "(last_hidden_state is unaffected)")
     used = {r.ours for r in rules}
     left = sorted(k for k in state if k not in used and not (why is not None and k.startswith(("head.", "heads."))))
     if left:
-        notes.append(f"not exported (no Hugging Face counterpart): {', '.join(left[:4])}"
+        notes.append(f"not exported (no place in {architecture}): {', '.join(left[:4])}"
                      + (f" and {len(left) - 4} more" if len(left) > 4 else ""))
-    if kind == "body" and family != "gpt2" and not pooler:
-        notes.append(f"this checkpoint has no pooler for {architecture}: transformers initialises it at random "
-                     "(last_hidden_state is unaffected)")
     config = hf_config(cfg, family, architecture, tok, labels)
 
     def fill(tmp: Path) -> None:
