@@ -13,6 +13,7 @@ from pretune.errors import InputError
 from pretune.finetune.config import FREEZE_RE
 from pretune.finetune.tasks import TASKS, get_task
 from pretune.interop.hf import open_checkpoint
+from pretune.model.heads import Pooler
 from pretune.model.transformer import ModelConfig, Transformer, init_weights
 from pretune.text.labeled import LabelMap
 from pretune.training import checkpoint as ck
@@ -134,8 +135,9 @@ def load_task_model(path: str | Path, device: str | torch.device | None = None) 
 
 
 def load_initial_weights(model: TaskModel, ckpt: ck.Checkpoint, head_options: dict) -> str:
-    """Body from the checkpoint's body.*; its head too when it is a checkpoint of the same task, labels and head.
-    Returns what was loaded ("body" or "body and head")."""
+    """Body from the checkpoint's body.*; its head too when it is a checkpoint of the same task, labels and head;
+    else a [CLS]-pooled classifier's pooler from the checkpoint's `pooler.*` (a Hugging Face base model's pooler,
+    kept on import). Returns what was loaded ("body", "body and pooler" or "body and head")."""
     body = ckpt.weights("body.")
     if not body:
         raise InputError("checkpoint holds no body.* weights; expected a pretune checkpoint", path=ckpt.path)
@@ -146,4 +148,10 @@ def load_initial_weights(model: TaskModel, ckpt: ck.Checkpoint, head_options: di
     if same:
         ck.load_into(model.head, ckpt.weights("head."), ckpt.path)
         return "body and head"
+    pooler = getattr(model.head, "pooler", None)
+    if isinstance(pooler, Pooler) and getattr(model.head, "pooling", None) == "cls" and not model.config.causal:
+        weights = ckpt.weights("pooler.")
+        if weights:
+            ck.load_into(pooler, weights, ckpt.path)
+            return "body and pooler"
     return "body"

@@ -38,7 +38,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("checkpoint", help="checkpoint directory (or run directory)")
     e.add_argument("--format", default="hf", help="hf (the only format)")
     e.add_argument("--family", default="auto", choices=("auto", *EXPORT_FAMILIES),
-                   help="auto: gpt2 for causal models, roberta for <s>/</s> vocabularies, else bert")
+                   help="auto: gpt2 for causal models, roberta-prelayernorm for pre-LN encoders, roberta for "
+                        "post-LN ones with a <s>/</s> vocabulary, else bert")
     e.add_argument("--out", required=True, help="folder to write")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.set_defaults(func=cmd_export)

@@ -1,5 +1,9 @@
-"""Hugging Face import: read BERT / RoBERTa / XLM-R / DistilBERT / GPT-2 model folders into pretune's Transformer,
-in memory (`open_checkpoint`, what every `--from` accepts) or as a checkpoint directory (`import_folder`).
+"""Hugging Face import: read BERT / RoBERTa / XLM-R / RoBERTa-PreLayerNorm / DistilBERT / GPT-2 model folders into
+pretune's Transformer, in memory (`open_checkpoint`, what every `--from` accepts) or as a checkpoint directory
+(`import_folder`).
+
+A base model's pooler (BertModel, RobertaModel: dense + tanh on [CLS]) is kept as `pooler.dense.*` next to `body.*`:
+fine-tuning a [CLS]-pooled classifier starts its pooler from it, and export writes it back.
 
 Plain files (config.json, model.safetensors or pytorch_model.bin, tokenizer files): no network, and `transformers`
 is not needed at run time. The weight renaming rules are in `hf_rules`; export is in `hf_export`.
@@ -21,6 +25,7 @@ from pretune.interop.hf_rules import (
     BASE_PREFIX,
     FAMILIES,
     IGNORED_SUFFIXES,
+    ROBERTA_LIKE,
     TIED_DECODER,
     body_rules,
     head_rules,
@@ -124,7 +129,7 @@ def model_config_from_hf(hf: dict, family: str, pad_token_id: int, path: Path) -
             raise InputError(f"position_embedding_type {hf['position_embedding_type']!r} is not supported; "
                              "only 'absolute'", path=src)
         positions = need("max_position_embeddings")
-        if family == "roberta":
+        if family in ROBERTA_LIKE:
             positions -= _roberta_offset(hf)
         values = dict(
             vocab_size=need("vocab_size"), hidden_size=need("hidden_size"), num_layers=need("num_hidden_layers"),
@@ -134,6 +139,8 @@ def model_config_from_hf(hf: dict, family: str, pad_token_id: int, path: Path) -
             layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
             activation=_activation(hf.get("hidden_act", "gelu"), src, "hidden_act"),
         )
+        if family == "roberta-prelayernorm":  # LayerNorms before attention / feed-forward, one after the last block
+            values.update(pre_ln=True, final_layer_norm=True)
     values["pad_token_id"] = pad_token_id
     return ModelConfig.from_dict(values, str(src))
 
@@ -153,7 +160,8 @@ def _kind(hf: dict, family: str, state: dict[str, torch.Tensor]) -> str:
         return "classify"
     if arch.endswith("ForTokenClassification"):
         return "tag"
-    mlm_bias = {"bert": "cls.predictions.bias", "roberta": "lm_head.bias", "distilbert": "vocab_projector.bias"}[family]
+    mlm_bias = "cls.predictions.bias" if family == "bert" else "vocab_projector.bias" if family == "distilbert" \
+        else "lm_head.bias"
     return "mlm" if mlm_bias in state else "body"
 
 
@@ -200,15 +208,17 @@ def convert_folder(path: str | Path) -> Imported:
         raise InputError(f"the tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size} embeddings",
                          path=path)
     kind = _kind(hf, family, state)
-    offset = _roberta_offset(hf) if family == "roberta" else 0
+    offset = _roberta_offset(hf) if family in ROBERTA_LIKE else 0
     head = kind if kind in ("mlm", "classify", "tag") else None
-    if family == "roberta" and kind == "mlm" and cfg.activation != "gelu":
+    if family in ROBERTA_LIKE and kind == "mlm" and cfg.activation != "gelu":
         raise InputError("RoBERTa's MLM head always uses erf GELU; a hidden_act other than 'gelu' is not supported",
                          path=path)
     rules = body_rules(family, cfg, p, offset) + (head_rules(family, head, p) if head else [])
     nsp = family == "bert" and kind == "mlm" and "cls.seq_relationship.weight" in state and cfg.type_vocab_size > 1
     if nsp:
         rules += head_rules(family, "nsp", p)
+    elif kind in ("mlm", "body") and f"{p}pooler.dense.weight" in state:  # a task checkpoint has no place for it
+        rules += head_rules(family, "pooler", p)
     ours = to_ours(rules, state, path)
     used = {k for r in rules for k in r.theirs}
     decoder = TIED_DECODER[family]
@@ -219,7 +229,7 @@ def convert_folder(path: str | Path) -> Imported:
                              path=path)
     if family == "bert" and head == "mlm":
         used.add("cls.predictions.decoder.bias")
-    if family == "roberta" and head == "mlm":
+    if family in ROBERTA_LIKE and head == "mlm":
         used.add("lm_head.decoder.bias")
     notes = []
     left = sorted(k for k in state if k not in used)

@@ -13,18 +13,22 @@ from tokenizers import Tokenizer, processors
 from pretune import files
 from pretune.errors import InputError
 from pretune.interop.hf import check_target, open_checkpoint
-from pretune.interop.hf_rules import ACTIVATIONS_OUT, BASE_PREFIX, body_rules, head_rules, to_theirs
+from pretune.interop.hf_rules import ACTIVATIONS_OUT, BASE_PREFIX, ROBERTA_LIKE, body_rules, head_rules, to_theirs
 from pretune.model.transformer import ModelConfig
 from pretune.text.tokenizer import PretuneTokenizer
 from pretune.training import checkpoint as ck
 
-EXPORT_FAMILIES = ("bert", "roberta", "gpt2")
+EXPORT_FAMILIES = ("bert", "roberta", "roberta-prelayernorm", "gpt2")
 ARCHITECTURES = {
     ("bert", "mlm"): "BertForMaskedLM", ("bert", "body"): "BertModel", ("bert", "pretraining"): "BertForPreTraining",
     ("bert", "classify"): "BertForSequenceClassification", ("bert", "tag"): "BertForTokenClassification",
     ("roberta", "mlm"): "RobertaForMaskedLM", ("roberta", "body"): "RobertaModel",
     ("roberta", "classify"): "RobertaForSequenceClassification", ("roberta", "tag"): "RobertaForTokenClassification",
-    ("gpt2", "lm"): "GPT2LMHeadModel",
+    ("roberta-prelayernorm", "mlm"): "RobertaPreLayerNormForMaskedLM",
+    ("roberta-prelayernorm", "body"): "RobertaPreLayerNormModel",
+    ("roberta-prelayernorm", "classify"): "RobertaPreLayerNormForSequenceClassification",
+    ("roberta-prelayernorm", "tag"): "RobertaPreLayerNormForTokenClassification",
+    ("gpt2", "lm"): "GPT2LMHeadModel", ("gpt2", "body"): "GPT2Model",
 }
 
 
@@ -98,22 +102,61 @@ def _bert_pipeline(data: dict) -> bool:
             and not plain_added)
 
 
+def auto_family(cfg: ModelConfig, tok: PretuneTokenizer) -> str:
+    """The family an architecture exports to: gpt2 (causal), roberta-prelayernorm (pre-LN encoder), roberta (post-LN,
+    <s> / </s> vocabulary) or bert."""
+    if cfg.causal:
+        return "gpt2"
+    if cfg.pre_ln:
+        return "roberta-prelayernorm"
+    return "roberta" if tok.id_to_token(tok.specials.cls) == "<s>" else "bert"
+
+
+def _flags(cfg: ModelConfig, keys: tuple[str, ...]) -> str:
+    return ", ".join(f"{k} = {str(getattr(cfg, k)).lower()}" for k in keys)
+
+
+def _mismatch(cfg: ModelConfig, family: str) -> str | None:
+    """Why `family` cannot hold this architecture exactly (None when it can), with the advice that fits."""
+    if family == "gpt2":
+        if not cfg.causal:
+            other = "roberta-prelayernorm" if cfg.pre_ln else "bert or roberta"
+            return f"gpt2 is a causal family and this model is bidirectional: export it as {other} (or auto)"
+        want = dict(pre_ln=True, final_layer_norm=True, embedding_layer_norm=False, type_vocab_size=0)
+        bad = tuple(k for k, v in want.items() if getattr(cfg, k) != v)
+        if bad:
+            return (f"GPT-2 export needs a causal model with pre_ln = true, final_layer_norm = true, "
+                    f"embedding_layer_norm = false and type_vocab_size = 0; this one has {_flags(cfg, bad)}, which no "
+                    "transformers family holds (pretrain with --objective clm's defaults to export)")
+        return None
+    if cfg.causal:
+        return f"a causal model exports as gpt2, not {family}"
+    if family == "roberta-prelayernorm":
+        if not cfg.pre_ln:
+            return "this post-LN encoder exports as bert or roberta, not roberta-prelayernorm"
+        bad = tuple(k for k in ("embedding_layer_norm", "final_layer_norm") if not getattr(cfg, k))
+        if bad:
+            return (f"a pre-LN encoder exports as roberta-prelayernorm, which has an embedding LayerNorm and a final "
+                    f"LayerNorm; this one has {_flags(cfg, bad)}, which no transformers family holds (pretrain with "
+                    "embedding_layer_norm = true and final_layer_norm = true to export)")
+        return None
+    if cfg.pre_ln:
+        return f"a pre-LN encoder exports as roberta-prelayernorm (--family roberta-prelayernorm or auto), not {family}"
+    if not cfg.embedding_layer_norm or cfg.final_layer_norm:
+        return (f"{family} is post-LN with an embedding LayerNorm and no final LayerNorm; this model has "
+                f"{_flags(cfg, ('embedding_layer_norm', 'final_layer_norm'))}, which no transformers family holds "
+                "(pretrain with embedding_layer_norm = true and final_layer_norm = false to export)")
+    return None
+
+
 def _export_family(cfg: ModelConfig, tok: PretuneTokenizer, family: str, path: Path) -> str:
     if family == "auto":
-        if cfg.causal:
-            family = "gpt2"
-        else:
-            family = "roberta" if tok.id_to_token(tok.specials.cls) == "<s>" else "bert"
+        family = auto_family(cfg, tok)
     if family not in EXPORT_FAMILIES:
         raise InputError(f"unknown family {family!r}; expected auto or one of {', '.join(EXPORT_FAMILIES)}")
-    if family == "gpt2":
-        if not (cfg.causal and cfg.pre_ln and cfg.final_layer_norm and not cfg.embedding_layer_norm
-                and cfg.type_vocab_size == 0):
-            raise InputError("GPT-2 export needs a causal pre-LN model with a final LayerNorm, no embedding "
-                             "LayerNorm and no segment embeddings", path=path)
-    elif cfg.causal or cfg.pre_ln or not cfg.embedding_layer_norm or cfg.final_layer_norm:
-        raise InputError(f"{family} export needs a bidirectional post-LN model with an embedding LayerNorm "
-                         "(as BERT); causal pre-LN models export as gpt2", path=path)
+    problem = _mismatch(cfg, family)
+    if problem:
+        raise InputError(problem, path=path)
     return family
 
 
@@ -130,7 +173,7 @@ def hf_config(cfg: ModelConfig, family: str, architecture: str, tok: PretuneToke
             "bos_token_id": s.cls, "eos_token_id": s.sep, "scale_attn_weights": True,
         }
     else:
-        offset = cfg.pad_token_id + 1 if family == "roberta" else 0
+        offset = cfg.pad_token_id + 1 if family in ROBERTA_LIKE else 0
         out = {
             "model_type": family, "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
             "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
@@ -139,7 +182,7 @@ def hf_config(cfg: ModelConfig, family: str, architecture: str, tok: PretuneToke
             "max_position_embeddings": cfg.max_positions + offset, "type_vocab_size": max(cfg.type_vocab_size, 1),
             "layer_norm_eps": cfg.layer_norm_eps, "position_embedding_type": "absolute",
         }
-        if family == "roberta":
+        if family in ROBERTA_LIKE:
             out.update(bos_token_id=s.cls, eos_token_id=s.sep)
     out.update(architectures=[architecture], pad_token_id=cfg.pad_token_id, initializer_range=0.02,
                tie_word_embeddings=True, torch_dtype="float32")
@@ -149,8 +192,31 @@ def hf_config(cfg: ModelConfig, family: str, architecture: str, tok: PretuneToke
     return out
 
 
+def _task_kind(ckpt: ck.Checkpoint, family: str) -> tuple[str, str | None]:
+    """(kind, note) of a fine-tuned checkpoint: classify / tag when transformers has the head, else body with a note
+    saying why the head was left out."""
+    task = ckpt.config["task"]
+    head = ckpt.config.get("head") or {}
+    why = None
+    if family == "gpt2":
+        why = f"the {task} head on a causal body"
+    elif task in ("classify", "pair") and head.get("pooling", "cls") != "cls":
+        why = f"the {task} head on the mean of the tokens' states (pooling {head.get('pooling')!r})"
+    elif task == "tag" and any(k.startswith("head.crf.") for k in ckpt.state_dict):
+        why = "the CRF tag head"
+    elif task not in ("classify", "pair", "tag"):
+        why = f"the {task} head"
+    if why is None:
+        return ("tag" if task == "tag" else "classify"), None
+    return "body", why
+
+
 def export_hf(checkpoint: str | Path, out: str | Path, family: str = "auto", overwrite: bool = False) -> list[str]:
-    """Write a pretune checkpoint as a Hugging Face folder; returns notes on what was left out."""
+    """Write a pretune checkpoint as a Hugging Face folder; returns notes on what was left out.
+
+    A head transformers has no class for (mean pooling, CRF, span, a task head on a causal body) is left out: the
+    body is written as the family's base model (BertModel, RobertaPreLayerNormModel, GPT2Model, ...) and a note
+    says so."""
     ckpt = open_checkpoint(checkpoint)
     out = Path(out)
     check_target(out, overwrite)
@@ -160,26 +226,13 @@ def export_hf(checkpoint: str | Path, out: str | Path, family: str = "auto", ove
     tok = ckpt.tokenizer()
     family = _export_family(cfg, tok, family, ckpt.path)
     state, notes = ckpt.state_dict, []
-    task = ckpt.config.get("task")
-    labels = None
-    if task is not None:
-        kind = {"classify": "classify", "pair": "classify", "tag": "tag"}.get(task)
-        if kind is None:
-            raise InputError(f"task {task!r} has no Hugging Face counterpart; export supports classify, pair, tag "
-                             "and pretrained (MLM / causal LM) checkpoints", path=ckpt.path)
-        if family == "gpt2":
-            raise InputError("task models on a causal body have no Hugging Face counterpart with the same head; "
-                             "export supports classify / pair / tag on BERT and RoBERTa bodies", path=ckpt.path)
-        if (ckpt.config.get("head") or {}).get("pooling", "cls") != "cls":
-            raise InputError("a classifier on the mean of the tokens' states has no Hugging Face counterpart "
-                             "(*ForSequenceClassification reads [CLS] through the pooler); fine-tune with "
-                             "--pooling cls to export it, or export the pretrained checkpoint", path=ckpt.path)
-        if any(k.startswith("head.crf.") for k in state):
-            raise InputError("a CRF tag head has no Hugging Face counterpart (AutoModelForTokenClassification); "
-                             "fine-tune without --crf to export", path=ckpt.path)
-        labels = [str(x) for x in ckpt.config.get("labels", [])]
+    labels, why = None, None
+    if ckpt.config.get("task") is not None:
+        kind, why = _task_kind(ckpt, family)
+        if kind != "body":
+            labels = [str(x) for x in ckpt.config.get("labels", [])]
     elif family == "gpt2":
-        kind = "lm"
+        kind = "lm"  # the causal LM head is the tied embeddings: every causal body has it
     else:
         kind = "mlm" if "heads.mlm.bias" in state else "body"
         if kind == "mlm" and family == "bert" and "heads.nsp.classifier.weight" in state:
@@ -187,25 +240,35 @@ def export_hf(checkpoint: str | Path, out: str | Path, family: str = "auto", ove
         if family == "roberta" and kind == "mlm" and cfg.activation != "gelu":
             raise InputError("RoBERTa's MLM head always uses erf GELU; export this model with --family bert",
                              path=ckpt.path)
+        if family == "roberta-prelayernorm" and kind == "mlm" and cfg.activation != "gelu":
+            kind, why = "body", f"the MLM head with activation {cfg.activation!r} (RoBERTa-PreLayerNorm's is erf GELU)"
     p = "" if kind == "body" else BASE_PREFIX[family]  # base models are saved without the prefix
-    offset = cfg.pad_token_id + 1 if family == "roberta" else 0
-    heads = ("mlm", "nsp") if kind == "pretraining" else (kind,)
+    offset = cfg.pad_token_id + 1 if family in ROBERTA_LIKE else 0
+    heads = ("mlm", "nsp") if kind == "pretraining" else () if kind == "body" else (kind,)
     rules = body_rules(family, cfg, p, offset) + [r for h in heads for r in head_rules(family, h, p)]
+    pooler = kind == "body" and family != "gpt2" and "pooler.dense.weight" in state  # imported with the base model
+    if pooler:
+        rules += head_rules(family, "pooler", p)
     missing = [r.ours for r in rules if r.ours not in state]
     if missing:
         raise InputError(f"checkpoint lacks {missing[0]!r}: it does not match its config", path=ckpt.path)
     theirs = to_theirs(rules, state)
     if family != "gpt2" and cfg.type_vocab_size == 0:  # BERT always adds a segment embedding: make it zero
         theirs[f"{p}embeddings.token_type_embeddings.weight"] = torch.zeros(1, cfg.hidden_size)
-    used = {r.ours for r in rules}
-    left = sorted(k for k in state if k not in used)
-    if left:
-        notes.append(f"not exported (no Hugging Face counterpart): {', '.join(left[:4])}"
-                     + (f" and {len(left) - 4} more" if len(left) > 4 else ""))
-    if kind == "body":
-        notes.append("the pooler of the base model is not part of a pretune checkpoint: transformers initialises it "
+    architecture = ARCHITECTURES[(family, kind)]
+    random_pooler = kind == "body" and family != "gpt2" and not pooler
+    if why is not None:
+        notes.append(f"{why} has no transformers counterpart: exported the body only, as {architecture}"
+                     + (" (its pooler left to transformers' random init)" if random_pooler else ""))
+    elif random_pooler:
+        notes.append(f"this checkpoint has no pooler for {architecture}: transformers initialises it at random "
                      "(last_hidden_state is unaffected)")
-    config = hf_config(cfg, family, ARCHITECTURES[(family, kind)], tok, labels)
+    used = {r.ours for r in rules}
+    left = sorted(k for k in state if k not in used and not (why is not None and k.startswith(("head.", "heads."))))
+    if left:
+        notes.append(f"not exported (no place in {architecture}): {', '.join(left[:4])}"
+                     + (f" and {len(left) - 4} more" if len(left) > 4 else ""))
+    config = hf_config(cfg, family, architecture, tok, labels)
 
     def fill(tmp: Path) -> None:
         files.write_json(tmp / ck.CONFIG, config)

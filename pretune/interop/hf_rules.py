@@ -4,7 +4,12 @@ named, and where each of our tensors lives in their state dicts.
 Weight layout, ours <- theirs:
 - our fused attention `qkv` is the concatenation of query, key and value (GPT-2's `c_attn` is already fused);
 - GPT-2's Conv1D weights are stored [in, out] and are transposed;
-- RoBERTa's position table starts at padding_idx + 1 (its first positions are reserved for padding);
+- RoBERTa's (and RoBERTa-PreLayerNorm's) position table starts at padding_idx + 1 (its first positions are reserved
+  for padding);
+- RoBERTa-PreLayerNorm is pre-LN: each block's LayerNorms sit before attention (`attention.LayerNorm`) and before the
+  feed-forward (`intermediate.LayerNorm`), and the base model ends with `LayerNorm` (our final norm);
+- the base model's pooler (`pooler.dense`, dense + tanh on [CLS]) is our `pooler.dense` when nothing else holds it
+  (a classifier's `head.pooler.dense`, BERT's NSP `heads.nsp.pooler.dense`);
 - the MLM / LM decoders are tied to the word embeddings in both libraries, so only their bias travels.
 """
 
@@ -18,13 +23,17 @@ import torch
 from pretune.errors import InputError
 from pretune.model.transformer import ModelConfig
 
-FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "distilbert": "distilbert", "gpt2": "gpt2"}
-BASE_PREFIX = {"bert": "bert.", "roberta": "roberta.", "distilbert": "distilbert.", "gpt2": "transformer."}
+FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta",
+            "roberta-prelayernorm": "roberta-prelayernorm", "distilbert": "distilbert", "gpt2": "gpt2"}
+BASE_PREFIX = {"bert": "bert.", "roberta": "roberta.", "roberta-prelayernorm": "roberta_prelayernorm.",
+               "distilbert": "distilbert.", "gpt2": "transformer."}
+ROBERTA_LIKE = ("roberta", "roberta-prelayernorm")  # positions from padding_idx + 1; the same MLM / classifier heads
 ACTIVATIONS_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 ACTIVATIONS_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 TIED_DECODER = {
     "bert": "cls.predictions.decoder.weight",
     "roberta": "lm_head.decoder.weight",
+    "roberta-prelayernorm": "lm_head.decoder.weight",
     "distilbert": "vocab_projector.weight",
     "gpt2": "lm_head.weight",
 }
@@ -75,6 +84,11 @@ def body_rules(family: str, cfg: ModelConfig, p: str, offset: int = 0) -> list[R
             L = f"{p}transformer.layer.{i}."
             qkv = [L + f"attention.{n}_lin" for n in ("q", "k", "v")]
             names = ("attention.out_lin", "sa_layer_norm", "ffn.lin1", "ffn.lin2", "output_layer_norm")
+        elif family == "roberta-prelayernorm":
+            L = f"{p}encoder.layer.{i}."
+            qkv = [L + f"attention.self.{n}" for n in ("query", "key", "value")]
+            names = ("attention.output.dense", "attention.LayerNorm", "intermediate.dense", "output.dense",
+                     "intermediate.LayerNorm")
         else:
             L = f"{p}encoder.layer.{i}."
             qkv = [L + f"attention.self.{n}" for n in ("query", "key", "value")]
@@ -83,23 +97,29 @@ def body_rules(family: str, cfg: ModelConfig, p: str, offset: int = 0) -> list[R
         rules += [Rule(f"{b}attn.qkv.{s}", tuple(f"{q}.{s}" for q in qkv)) for s in ("weight", "bias")]
         for ours, theirs in zip(("attn.out", "norm1", "ffn.fc1", "ffn.fc2", "norm2"), names, strict=True):
             rules += _pair(b + ours, L + theirs)
+    if family == "roberta-prelayernorm":
+        rules += _pair("body.final_norm", f"{p}LayerNorm")
     return rules
 
 
 def head_rules(family: str, head: str, p: str) -> list[Rule]:
-    """Rules for the pretraining head (`heads.mlm.*`, `heads.lm` has no parameters) or a task head (`head.*`)."""
+    """Rules for the pretraining head (`heads.mlm.*`, `heads.lm` has no parameters), a task head (`head.*`) or the
+    base model's pooler (`pooler.*`)."""
     if head == "mlm":
         dense, norm, bias = {
             "bert": ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm", "cls.predictions.bias"),
             "roberta": ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias"),
+            "roberta-prelayernorm": ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias"),
             "distilbert": ("vocab_transform", "vocab_layer_norm", "vocab_projector.bias"),
         }[family]
         return _pair("heads.mlm.dense", dense) + _pair("heads.mlm.norm", norm) + [Rule("heads.mlm.bias", (bias,))]
     if head == "nsp":  # BERT's next-sentence head: the base model's pooler + cls.seq_relationship
         return (_pair("heads.nsp.pooler.dense", f"{p}pooler.dense")
                 + _pair("heads.nsp.classifier", "cls.seq_relationship"))
+    if head == "pooler":  # the base model's pooler, kept apart from any head
+        return _pair("pooler.dense", f"{p}pooler.dense")
     if head == "classify":
-        if family == "roberta":
+        if family in ROBERTA_LIKE:
             return _pair("head.pooler.dense", "classifier.dense") + _pair("head.classifier", "classifier.out_proj")
         return _pair("head.pooler.dense", f"{p}pooler.dense") + _pair("head.classifier", "classifier")
     if head == "tag":

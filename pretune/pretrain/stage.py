@@ -92,9 +92,11 @@ def build_model_config(section: PretrainSection, model_values: dict, tok, object
     values["vocab_size"] = max(given_vocab or 0, tok.vocab_size)
     values["pad_token_id"] = tok.specials.pad
     values["causal"] = objective.causal
-    if objective.causal:
+    if objective.causal:  # GPT-2's architecture unless [model] says otherwise: `pretune export` writes it as gpt2
         values.setdefault("pre_ln", True)
         values.setdefault("final_layer_norm", values["pre_ln"])
+        values.setdefault("embedding_layer_norm", not values["pre_ln"])
+        values.setdefault("type_vocab_size", 0)
     cfg = ModelConfig.from_dict(values, source)
     if section.max_len > cfg.max_positions:
         raise InputError(f"max_len {section.max_len} is beyond the model's {cfg.max_positions} positions "

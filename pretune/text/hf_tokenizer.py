@@ -19,7 +19,7 @@ BERT_TOKENIZERS = ("BertTokenizer", "DistilBertTokenizer")
 BYTE_LEVEL_TOKENIZERS = ("GPT2Tokenizer", "RobertaTokenizer")
 DEFAULT_TOKENIZER = {  # by model_type, for folders whose tokenizer_config.json names no class
     "bert": "BertTokenizer", "distilbert": "BertTokenizer", "roberta": "RobertaTokenizer",
-    "xlm-roberta": "RobertaTokenizer", "gpt2": "GPT2Tokenizer",
+    "xlm-roberta": "RobertaTokenizer", "roberta-prelayernorm": "RobertaTokenizer", "gpt2": "GPT2Tokenizer",
 }
 
 
