@@ -10,10 +10,12 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import re
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +120,52 @@ def coerce_fields(cls: type, data: dict, path=None, section: str | None = None) 
     return kwargs
 
 
+def bounds(ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+           **metadata: Any) -> dict[str, Any]:
+    """Field metadata for a number: the range it must lie in (checked at load time by `check_numbers`), plus any
+    other metadata (help, flag). `field(default=0.9, metadata=bounds(ge=0, lt=1, help="..."))`."""
+    return {**metadata, "bounds": (ge, gt, le, lt)}
+
+
+def _range_text(ge, gt, le, lt) -> str:
+    def n(x) -> str:
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
+    if (ge is not None or gt is not None) and (le is not None or lt is not None):
+        lo, hi = ("[", ge) if ge is not None else ("(", gt), ("]", le) if le is not None else (")", lt)
+        return f"in {lo[0]}{n(lo[1])}, {n(hi[1])}{hi[0]}"
+    if ge is not None:
+        return f">= {n(ge)}"
+    if gt is not None:
+        return f"> {n(gt)}"
+    return f"<= {n(le)}" if le is not None else f"< {n(lt)}"
+
+
+def check_numbers(obj: Any, source: str | Path | None = None, prefix: str = "") -> None:
+    """InputError naming the setting unless every number of dataclass `obj` is finite (floats: no nan / inf) and in
+    the range its field's `bounds` metadata gives. One check for every config section (`from_dict` runs it)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise InputError(f"{prefix}{f.name} must be a finite number, got {v}", path=source)
+            rng = f.metadata.get("bounds")
+            if rng is None:
+                continue
+            ge, gt, le, lt = rng
+            if ((ge is not None and v < ge) or (gt is not None and v <= gt) or (le is not None and v > le)
+                    or (lt is not None and v >= lt)):
+                raise InputError(f"{prefix}{f.name} must be {_range_text(ge, gt, le, lt)}, got {v!r}", path=source)
+
+
 def from_dict(cls: type, data: dict, path=None, section: str | None = None):
-    """Build dataclass `cls` from a dict (see coerce_fields), then run its validate() if it has one."""
+    """Build dataclass `cls` from a dict (see coerce_fields), check its numbers (finite, within their field's
+    `bounds`), then run its validate() if it has one."""
     obj = cls(**coerce_fields(cls, data, path, section))
+    check_numbers(obj, path, f"[{section}] " if section else "")
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate(str(path) if path is not None else None)
@@ -171,10 +216,15 @@ def merge(file_values: dict, args: argparse.Namespace, sections: dict[str, type]
     return out
 
 
-def load_sections(config_path: str | None, args: argparse.Namespace, sections: dict[str, type]) -> dict[str, Any]:
-    """TOML file (optional) + flags -> one validated dataclass per section."""
+def load_sections(config_path: str | None, args: argparse.Namespace, sections: dict[str, type],
+                  defaults: Callable[[dict[str, dict]], dict[str, dict]] | None = None) -> dict[str, Any]:
+    """TOML file (optional) + flags -> one validated dataclass per section. `defaults(merged)`: per section, values
+    under the file's and the flags' (e.g. a model-size preset), chosen from what was given."""
     values = load_toml(config_path) if config_path else {}
     merged = merge(values, args, sections, config_path)
+    if defaults is not None:
+        under = defaults(merged)
+        merged = {name: {**under.get(name, {}), **vals} for name, vals in merged.items()}
     return {name: from_dict(cls, merged[name], config_path, name) for name, cls in sections.items()}
 
 

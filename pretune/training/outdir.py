@@ -23,8 +23,8 @@ def prepare_out_dir(out: Path, run_record: dict, resume: bool, overwrite: bool) 
             raise InputError("--resume: no checkpoint to resume from (no last/ here)", path=out)
         if record_file.exists():
             old = files.read_json(record_file)
-            def core(r):
-                return without_keys({s: v for s, v in r.items() if s != "launch"}, RESUME_KEYS)
+            def core(r):  # the run directory's own path is no part of its config: it may be moved or renamed
+                return without_keys({s: v for s, v in r.items() if s != "launch"}, RESUME_KEYS + ("out",))
             # batch_size / grad_accum may change with the number of ranks; on as many ranks, the global batch may not
             launch_old, launch_new = old.get("launch", {}), run_record.get("launch", {})
             same_world = launch_old.get("world_size", 1) == launch_new.get("world_size", 1)
