@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pretune.errors import InputError
+from pretune.files import read_input
 
 # The one list of settings that never change a result (what a fingerprint or a resume check ignores), and the
 # settings a resumed run may change besides them (budgets and how a global batch is split over ranks).
@@ -36,13 +37,9 @@ def without_keys(record: dict[str, dict], keys: tuple[str, ...]) -> dict[str, di
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise InputError("config file not found", path=path) from None
+        text = read_input(path, "config file").decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"config is not UTF-8 text (byte {e.start})", path=path) from None
-    except OSError as e:
-        raise InputError(f"cannot read config: {e.strerror}", path=path) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

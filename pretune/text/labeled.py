@@ -16,7 +16,6 @@ task holds the fields JSONL would, one row per object (`pretune.text.parquet`; i
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import random
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pretune.errors import InputError
+from pretune.files import input_file, read_input
 from pretune.text.parquet import is_parquet, iter_records
 
 TASKS = ("classify", "pair", "tag", "span")
@@ -59,19 +59,12 @@ def check_task(task: str) -> None:
 
 def _read_text(path: Path) -> tuple[str, str]:
     """Decode `path` as UTF-8 (a .gz file is decompressed); returns (text, suffix without .gz)."""
-    if not path.exists():
-        raise InputError("file not found", path)
-    if path.is_dir():
-        raise InputError("expected a file, found a directory", path)
+    input_file(path, "labeled file")
     if is_parquet(path):  # read row by row in _iter_jsonl
         return "", ".parquet"
-    data = path.read_bytes()
+    data = read_input(path, "labeled file")  # bounded, gunzipped when .gz
     suffix = path.suffix.lower()
     if suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise InputError(f"not a valid gzip file ({e})", path) from None
         suffix = Path(path.stem).suffix.lower()
     try:
         text = data.decode("utf-8-sig")
