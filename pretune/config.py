@@ -248,3 +248,24 @@ def toml_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def config_diff(old: Any, new: Any, where: str = "", limit: int = 4) -> list[str]:
+    """The settings that differ between two records ({section: {key: value}}, nested), as "section.key: old -> new"
+    lines (at most `limit`, then "..."): what an error about a changed config names."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, at: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                walk(a.get(k, "(unset)"), b.get(k, "(unset)"), f"{at}.{k}" if at else str(k))
+        elif a != b:
+            out.append(f"{at or 'value'}: {_short(a)} -> {_short(b)}")
+
+    walk(old, new, where)
+    return out[:limit] + (["..."] if len(out) > limit else [])
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, default=str) if not isinstance(v, str) or v != "(unset)" else v
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -13,6 +13,7 @@ PRETUNE_MAX_FILE_BYTES.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
@@ -176,6 +177,47 @@ def _pause(stage: str, replacing: bool) -> None:
     want = os.environ.get(PAUSE_ENV)
     if replacing and want and want.split("=")[0] == stage:
         time.sleep(float(want.split("=")[1]))
+
+
+LOCK_FILE = ".pretune.lock"  # in every output directory a command writes; holds the writer's pid
+_LOCKS: dict[str, int] = {}  # resolved directory -> the open, flock-ed lock file of this process
+
+
+def lock_dir(directory: str | Path) -> None:
+    """Hold an advisory lock (fcntl.flock on `directory`/.pretune.lock) until `release_locks` or the process ends.
+    A directory another process holds is refused at once, naming its pid. Re-entrant within one process."""
+    directory = Path(directory)
+    key = str(directory.resolve())
+    if key in _LOCKS:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise InputError(f"cannot create the lock file {LOCK_FILE}: {e.strerror or e}", path=directory) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise InputError(f"another pretune process (pid {holder}) is writing this directory; wait for it to end "
+                         "or choose another --out", path=directory) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    _LOCKS[key] = fd
+
+
+def release_locks() -> None:
+    """Release every directory lock this process holds (the CLI does at the end of each command)."""
+    for fd in _LOCKS.values():
+        os.close(fd)  # closing the file releases its flock
+    _LOCKS.clear()
+
+
+def dir_entries(directory: Path) -> list[Path]:
+    """What a directory holds, less its lock file."""
+    return [p for p in directory.iterdir() if p.name != LOCK_FILE] if directory.is_dir() else []
 
 
 def recover_dir(target: Path) -> None:

@@ -42,7 +42,7 @@ from pretune.text.labeled import LabelMap, length_grouped_batches, read_examples
 from pretune.training import checkpoint as ck
 from pretune.training import distributed as dist
 from pretune.training.batches import BatchSource
-from pretune.training.config import seed_everything
+from pretune.training.config import resolve_device, seed_everything
 from pretune.training.outdir import prepare_out_dir
 from pretune.training.trainer import EarlyStopping, Trainer
 
@@ -141,7 +141,8 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     if out.resolve() == init.path.resolve() or out.resolve() in init.path.resolve().parents:
         raise InputError("--out holds the checkpoint being fine-tuned; choose another directory", path=out)
     run_record = {"finetune": asdict(sec), "train": asdict(tcfg)}
-    prepare_out_dir(out, run_record, resume, overwrite)
+    resolve_device(tcfg.device)  # an unavailable device is refused before --overwrite clears anything
+    resume = prepare_out_dir(out, run_record, resume, overwrite)
     extra = {"fields": sec.fields(), "base_checkpoint": str(init.path), "from_scratch": sec.from_scratch}
     config = task_config(model, sec.max_len, extra)
     if dist.is_main():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pretune.config import add_flags, coerce_fields, load_sections, load_toml, merge
-from pretune.errors import InputError
+from pretune.files import check_output
 from pretune.model.transformer import PRESETS, ModelConfig
 from pretune.pretrain.shards import prepare_corpus
 from pretune.pretrain.stage import SECTIONS, pretrain
@@ -43,8 +43,7 @@ def cmd_pretrain(args) -> None:
 
 def cmd_vocab_extend(args) -> None:
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise InputError("already exists; pass --overwrite to replace it", path=out)
+    check_output(out, args.overwrite, Path(args.tokenizer), Path(args.words))
     source = Path(args.tokenizer)
     if source.is_dir() and not any((source / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         source = resolve(source)  # a run directory: its model/ (or best/, last/)

@@ -183,7 +183,8 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     run_record["model"] = cfg.to_dict()  # the architecture trained: preset, overrides and the tokenizer's vocabulary
     run_record["launch"] = {"world_size": dist.world_size(),
                             "global_batch": tcfg.batch_size * tcfg.grad_accum * dist.world_size()}
-    prepare_out_dir(out, run_record, resume, overwrite)
+    device = resolve_device(tcfg.device)  # the device the Trainer moves the model to: checked before --overwrite
+    resume = prepare_out_dir(out, run_record, resume, overwrite)
     if dist.is_main():
         files.write_json(out / "run.json", run_record)
         print(describe(cfg, model.body.num_parameters() + sum(p.numel() for p in model.heads.parameters())))
@@ -191,7 +192,6 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     val_data = objective.dataset(val_shards, sec.max_len)
     batches = BatchSource(train_data, tcfg.batch_size, objective.collate, seed=tcfg.seed)
     model_files = {"model": cfg.to_dict(), "objective": objective.name, "heads": sorted(model.heads.keys())}
-    device = resolve_device(tcfg.device)  # the device the Trainer moves the model to
     trainer = Trainer(
         model, tcfg, out,
         groups=param_groups(model, tcfg.weight_decay, tcfg.lr, sec.head_warmup_steps),

@@ -56,7 +56,10 @@ def read_tokenizer_json(path: Path) -> Tokenizer:
     try:
         tok = Tokenizer.from_str(text)
     except Exception as e:  # the Rust side raises a bare Exception
-        raise InputError(f"not a tokenizers tokenizer.json: {e}", path=path) from e
+        raise InputError(f"not a tokenizers tokenizer.json: {e}", path=path) from None
+    if tok.get_vocab_size(with_added_tokens=False) == 0:
+        raise InputError("empty vocabulary (\"model\": {\"vocab\": ...} holds no tokens); expected a trained "
+                         "tokenizer", path=path)
     tok.no_truncation()
     tok.no_padding()
     return tok
