@@ -255,10 +255,10 @@ def write_dir_atomic(target: Path, fill: Callable[[Path], None]) -> None:
             os.replace(target, old)
         _pause("swap", replacing)
         os.replace(tmp, target)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
         recover_dir(target)
-        reason = e.strerror or str(e)
+        reason = (e.strerror if isinstance(e, OSError) else None) or str(e).splitlines()[0]
         raise InputError(f"cannot write {target.name}/: {reason}; the previous {target.name}/ (if any) is left "
                          "as it was", path=target) from None
     except BaseException:

@@ -96,7 +96,7 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
                          path=source)
 
     train_ex = read_examples(sec.train, task, **sec.fields())
-    labels = LabelMap.from_examples(train_ex, task)
+    labels = LabelMap.from_examples(train_ex, task, sec.train)
     val_ex = read_examples(sec.validation, task, **sec.fields())
     test_ex = read_examples(sec.test, task, **sec.fields()) if sec.test else None
     train_ex = subsample(train_ex, sec.label_fraction, sec.label_seed)

@@ -145,7 +145,7 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     val_shards = TokenShards(shards_dir, "validation")
     init = open_checkpoint(sec.init_from) if sec.init_from else None
     tok_source = init.path if init is not None else shards_dir
-    tok = PretuneTokenizer.load(tok_source / ck.TOKENIZER)
+    tok = init.tokenizer() if init is not None else PretuneTokenizer.load(tok_source / ck.TOKENIZER)
     objective_cls = OBJECTIVES[sec.objective]
     objective = build_objective(sec.objective, Specials.from_tokenizer(tok), **sec.objective_options(objective_cls))
     if init is not None:
@@ -178,6 +178,12 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
                              "--out TOKENIZER` and run `pretune prepare` with it", path=shards_dir)
         raise InputError("the shards were made with another tokenizer than the one this run uses "
                          f"({tok_source / ck.TOKENIZER}); run `pretune prepare` with it", path=shards_dir)
+    for shards in (train_shards, val_shards):
+        top = int(shards.tokens.max()) if len(shards.tokens) else -1
+        if top >= cfg.vocab_size:
+            raise InputError(f"the {shards.split} shards hold token id {top}, beyond the model's vocabulary of "
+                             f"{cfg.vocab_size}: they were made with another tokenizer (or are damaged)",
+                             path=shards.directory / f"{shards.split}.tokens.bin")
     out = Path(sec.out)
     run_record = {name: asdict(obj) for name, obj in sections.items()}
     run_record["model"] = cfg.to_dict()  # the architecture trained: preset, overrides and the tokenizer's vocabulary

@@ -70,7 +70,7 @@ def check_inputs(cfg: PipelineConfig) -> None:
         ck.resolve(cfg.pretrain.init_from)
     sec = cfg.finetune
     train = read_examples(sec.train, sec.task, **sec.fields())
-    labels = LabelMap.from_examples(train, sec.task)
+    labels = LabelMap.from_examples(train, sec.task, sec.train)
     for path in (sec.validation, sec.test):
         for ex in read_examples(path, sec.task, **sec.fields()):
             if sec.task in ("classify", "pair"):

@@ -32,7 +32,7 @@ from pretune.text.parquet import is_parquet, iter_records
 TASKS = ("classify", "pair", "tag", "span")
 NULL_LABEL = "NULL"  # span label of a candidate that is not an entity
 
-_TAG_RE = re.compile(r"^(O|[BI]-.+)$")
+_TAG_RE = re.compile(r"^(O|[BI]-\S+)$")  # no whitespace in a type: "B-PER\xa0" is no new type
 _CONLL_SPLIT = re.compile(r"[ \t]+")
 
 
@@ -192,6 +192,8 @@ def _read_text_task(
             value = row[name]
             if not isinstance(value, str):
                 raise InputError(f"expected a string in '{name}', found {type(value).__name__}", path, line)
+            if not value.strip():
+                raise InputError(f"empty or whitespace-only '{name}'; expected a text", path, line)
             texts.append(value)
         value = row.get(label_field)
         label = None
@@ -260,8 +262,9 @@ def _read_conll(text: str, path: Path, require_labels: bool) -> list[Example]:
             start = lineno
         tokens.append(cols[0])
         if n_cols >= 2:
-            _check_tag(cols[-1], path, lineno)
-            tags.append(cols[-1])
+            tag = cols[-1].strip()  # Unicode whitespace (a no-break space) is no part of a tag
+            _check_tag(tag, path, lineno)
+            tags.append(tag)
     flush()
     return examples
 
@@ -402,8 +405,9 @@ class LabelMap:
         return len(self.names)
 
     @classmethod
-    def from_examples(cls, examples: list[Example], task: str) -> LabelMap:
-        """classify/pair: sorted names; tag: "O", then B-X, I-X per type X (sorted by type); span: "NULL" + sorted."""
+    def from_examples(cls, examples: list[Example], task: str, path: str | Path | None = None) -> LabelMap:
+        """classify/pair: sorted names; tag: "O", then B-X, I-X per type X (sorted by type); span: "NULL" + sorted.
+        A training set with one class (or no entity type) is refused: the model would learn nothing, and score 1.0."""
         check_task(task)
         if task in ("classify", "pair"):
             names = sorted({ex.label for ex in examples if ex.label is not None})
@@ -413,7 +417,12 @@ class LabelMap:
         else:
             names = [NULL_LABEL] + sorted({lab for ex in examples for _, _, lab in ex.spans or []})
         if not names:
-            raise InputError("no labels found in the training examples")
+            raise InputError("no labels found in the training examples", path)
+        if task in ("classify", "pair") and len(names) < 2:
+            raise InputError(f"the training set has one label ({names[0]!r}); expected at least two classes", path)
+        if task in ("tag", "span") and len(names) < 2:
+            what = "every tag is O" if task == "tag" else "no example has a span"
+            raise InputError(f"the training set has no entity type ({what}); expected at least one", path)
         return cls(names)
 
     def index(self, name: str, path: str | Path | None = None, line: int | None = None) -> int:
