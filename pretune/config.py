@@ -49,9 +49,18 @@ def load_toml(path: str | Path) -> dict:
         raise InputError(f"invalid TOML: {msg}", path=path, line=line) from None
 
 
+def close_match(key: str, known) -> str | None:
+    """The known key `key` most likely meant: a close spelling, else one its words start with (lr_rate -> lr)."""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    if close:
+        return close[0]
+    words = [k for k in known if key.startswith(k + "_") or key.endswith("_" + k)]
+    return max(words, key=len) if words else None
+
+
 def _did_you_mean(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
+    close = close_match(key, known)
+    return f"; did you mean {close!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
 
 
 def _base_type(tp: Any) -> tuple[type, bool]:

@@ -45,9 +45,9 @@ def _limit(name: str, default: int) -> int:
 
 def _size(n: int) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:g} {unit}"
-    return f"{n} bytes"
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n:,} bytes"
 
 
 def input_file(path: str | Path, what: str = "file") -> Path:
@@ -188,10 +188,15 @@ def lock_dir(directory: str | Path) -> None:
     A directory another process holds is refused at once, naming its pid. Re-entrant within one process."""
     directory = Path(directory)
     key = str(directory.resolve())
-    if key in _LOCKS:
-        return
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_FILE
+    if key in _LOCKS:
+        try:
+            if os.stat(path).st_ino == os.fstat(_LOCKS[key]).st_ino:
+                return  # held, and still the directory's lock file
+        except OSError:
+            pass
+        os.close(_LOCKS.pop(key))  # the directory was removed and made again: lock the new one
+    directory.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:

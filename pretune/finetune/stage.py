@@ -146,7 +146,6 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     extra = {"fields": sec.fields(), "base_checkpoint": str(init.path), "from_scratch": sec.from_scratch}
     config = task_config(model, sec.max_len, extra)
     if dist.is_main():
-        files.write_json(out / "run.json", run_record)
         for w in warnings:
             print(f"pretune: warning: {w}", file=sys.stderr)
         print(f"{task}: {len(labels)} labels, {len(train_ex)} training examples ({len(train.features)} inputs), "
@@ -175,7 +174,7 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     trainer = Trainer(model, run_cfg, out, batches=batches, loss_fn=loss_fn,
                       save_model=ck.model_writer(config, tok), evaluate=evaluate,
                       groups=groups, early_stopping=EarlyStopping(metric, greater, sec.patience or None, sec.min_steps),
-                      loss_weight=kind.loss_weight(sec.crf), on_evaluate=on_evaluate)
+                      loss_weight=kind.loss_weight(sec.crf), on_evaluate=on_evaluate, run_record=run_record)
     result = trainer.fit(resume=resume)
     idle = uda.idle_warning() if uda is not None and dist.is_main() else None
     if idle:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from pretune import files
 from pretune.config import bounds, check_numbers
 from pretune.errors import InputError
 from pretune.interop.hf import open_checkpoint
@@ -192,7 +191,6 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     device = resolve_device(tcfg.device)  # the device the Trainer moves the model to: checked before --overwrite
     resume = prepare_out_dir(out, run_record, resume, overwrite)
     if dist.is_main():
-        files.write_json(out / "run.json", run_record)
         print(describe(cfg, model.body.num_parameters() + sum(p.numel() for p in model.heads.parameters())))
     train_data = objective.dataset(train_shards, sec.max_len)
     val_data = objective.dataset(val_shards, sec.max_len)
@@ -207,6 +205,7 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
         evaluate=evaluator(objective, val_data, tcfg.batch_size, tcfg.eval_batches, tcfg.seed, device),
         summarize=objective.summarize,
         loss_weight=getattr(objective, "loss_weight", label_count),  # masked tokens: the unit the loss averages
+        run_record=run_record,
     )
     result = trainer.fit(resume=resume)
     if dist.is_main():

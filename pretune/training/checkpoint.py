@@ -115,7 +115,7 @@ class Checkpoint:
                              f"{recorded} (config.json tokenizer_vocab_size): not its own tokenizer", path=file)
         model = self.config.get("model")
         size = model.get("vocab_size") if isinstance(model, dict) else None
-        if isinstance(size, int) and tok.vocab_size > size:
+        if isinstance(size, int) and 1 <= size < tok.vocab_size:  # size < 1: model_config() says so
             raise InputError(f"the tokenizer has {tok.vocab_size} tokens, more than the model's vocabulary of {size} "
                              "(config.json model.vocab_size): ids beyond it have no embedding", path=file)
         return tok

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pretune.errors import InputError
-from pretune.files import METRICS_LOG, read_metrics, recover_dir, write_dir_atomic, write_text
+from pretune.files import METRICS_LOG, read_metrics, recover_dir, write_dir_atomic, write_json, write_text
 from pretune.training import distributed as dist
 from pretune.training.batches import BatchSource, count_tokens, move, row_count
 from pretune.training.checkpoint import OPTIMIZER, TRAINER_STATE, load_checkpoint, load_into
@@ -83,6 +83,7 @@ class Trainer:
         summarize: Callable[[dict], dict] | None = None,
         loss_weight: Callable[[dict], float] = row_count,
         on_evaluate: Callable[[int, dict[str, float]], None] | None = None,
+        run_record: dict | None = None,
     ):
         self.cfg, self.out = cfg, Path(out_dir)
         self.device = resolve_device(cfg.device)
@@ -108,6 +109,7 @@ class Trainer:
         self._stop_signal: int | None = None  # a signal this process received
         self._stopping = False  # some rank received one: every rank checkpoints and stops after this step
         self.events = None  # the TensorBoard EventLog of the main rank while fit() runs
+        self.run_record = run_record  # written to run.json once a resume has checked the checkpoint
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -116,6 +118,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
+        if self.run_record is not None and dist.is_main():
+            write_json(self.out / "run.json", self.run_record)
         end = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
         last_eval: dict | None = None
         stopped_early = False
