@@ -183,20 +183,22 @@ LOCK_FILE = ".pretune.lock"  # in every output directory a command writes; holds
 _LOCKS: dict[str, int] = {}  # resolved directory -> the open, flock-ed lock file of this process
 
 
-def lock_dir(directory: str | Path) -> None:
+def lock_dir(directory: str | Path) -> bool:
     """Hold an advisory lock (fcntl.flock on `directory`/.pretune.lock) until `release_locks` or the process ends.
-    A directory another process holds is refused at once, naming its pid. Re-entrant within one process."""
+    A directory another process holds is refused at once, naming its pid. Re-entrant within one process.
+    Returns whether this call created the lock file (`unlock_dir` removes it again when refusing the directory)."""
     directory = Path(directory)
     key = str(directory.resolve())
     path = directory / LOCK_FILE
     if key in _LOCKS:
         try:
             if os.stat(path).st_ino == os.fstat(_LOCKS[key]).st_ino:
-                return  # held, and still the directory's lock file
+                return False  # held, and still the directory's lock file
         except OSError:
             pass
         os.close(_LOCKS.pop(key))  # the directory was removed and made again: lock the new one
     directory.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
@@ -211,6 +213,16 @@ def lock_dir(directory: str | Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     _LOCKS[key] = fd
+    return created
+
+
+def unlock_dir(directory: str | Path, remove: bool) -> None:
+    """Release this process's lock on `directory`; `remove`: delete the lock file too (a directory just refused)."""
+    fd = _LOCKS.pop(str(Path(directory).resolve()), None)
+    if fd is not None:
+        if remove:
+            (Path(directory) / LOCK_FILE).unlink(missing_ok=True)
+        os.close(fd)
 
 
 def release_locks() -> None:

@@ -3,7 +3,7 @@
 Contract: exit code 2; exactly one line on stderr (besides `prepare`'s progress bar),
 `pretune: error: <path>[:<line>]: <message>`, with the file's name (and line where the case gives one) and the
 expected fragment; no traceback; the working directory (inputs and the would-be output) byte for byte as before
-(an output directory's lock file, `.pretune.lock`, aside). A flag case (no `file`) names no path.
+(no lock file left in a refused output directory either). A flag case (no `file`) names no path.
 
 A case's file is a file or folder of tests/bad_inputs/, or made in the working directory:
   content / content_hex   the file's text / bytes (gzip = true compresses them)
@@ -31,7 +31,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pretune.cli import main
-from pretune.files import LOCK_FILE
 
 HERE = Path(__file__).resolve().parent / "bad_inputs"
 CASES = tomllib.loads((HERE / "cases.toml").read_text(encoding="utf-8"))["case"]
@@ -57,11 +56,10 @@ def good(tmp_path_factory, tiny_ckpt) -> dict[str, str]:
 
 
 def tree_hash(root: Path) -> dict[str, str]:
-    """Every path under root with the hash of its bytes ('dir' for directories); lock files aside."""
+    """Every path under root with the hash of its bytes ('dir' for directories; a refused output directory gets no
+    lock file either)."""
     out = {}
     for p in sorted(root.rglob("*")):
-        if p.name == LOCK_FILE:
-            continue
         kind = "dir" if p.is_dir() else None if p.is_file() else "special"  # never read a FIFO: it would block
         out[str(p.relative_to(root))] = kind or hashlib.sha256(p.read_bytes()).hexdigest()
     return out

@@ -64,8 +64,15 @@ def prepare_out_dir(out: Path, run_record: dict, resume: bool, overwrite: bool) 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a directory; choose another --out", path=out)
-    if dist.is_main() and out.is_dir():
-        files.lock_dir(out)
+    created = dist.is_main() and out.is_dir() and files.lock_dir(out)
+    try:
+        return _prepare(out, run_record, resume, overwrite)
+    except InputError:
+        files.unlock_dir(out, remove=created)  # a refused directory is left as it was
+        raise
+
+
+def _prepare(out: Path, run_record: dict, resume: bool, overwrite: bool) -> bool:
     record_file = out / "run.json"
     if resume:
         if dist.is_main():
