@@ -13,6 +13,7 @@ PRETUNE_MAX_FILE_BYTES.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gzip
 import hashlib
@@ -276,6 +277,8 @@ def write_dir_atomic(target: Path, fill: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         recover_dir(target)
         reason = (e.strerror if isinstance(e, OSError) else None) or str(e).splitlines()[0]
+        if isinstance(e, RuntimeError) or (isinstance(e, OSError) and e.errno in (None, errno.EIO)):
+            reason += _free_space(target.parent)  # torch / safetensors hide ENOSPC: say how full the disk is
         raise InputError(f"cannot write {target.name}/: {reason}; the previous {target.name}/ (if any) is left "
                          "as it was", path=target) from None
     except BaseException:
@@ -283,6 +286,17 @@ def write_dir_atomic(target: Path, fill: Callable[[Path], None]) -> None:
         raise
     _fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _free_space(directory: Path) -> str:
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return ""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if free >= scale:
+            return f" ({free / scale:.1f} {unit} free on its disk)"
+    return f" ({free} bytes free on its disk)"
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
