@@ -16,9 +16,10 @@ Stages, each in its own folder of the run directory:
     report/      report.html (self-contained) and summary.json; the summary table is also printed
 
 A stage that completes writes `stage.json` (its fingerprint: a hash of its config and of its inputs' contents and
-fingerprints). A re-run skips every stage whose fingerprint is unchanged, so changing the labeled data re-runs
-fine-tuning, evaluation and the report but not the tokenizer or pretraining. A stage that was interrupted (Ctrl-C,
-a crash, a kill) continues from its last checkpoint when the re-run has the same fingerprint. Once a training stage
+fingerprints). A re-run skips every stage whose fingerprint is unchanged. A training stage whose fingerprint changed is
+replaced only with --overwrite (`Runner`), so changing the labeled data re-runs (with --overwrite) fine-tuning,
+evaluation and the report but not the tokenizer or pretraining. A stage that was interrupted (Ctrl-C, a crash, a kill)
+continues from its last checkpoint when the re-run has the same fingerprint. Once a training stage
 is complete its resumable `last/` checkpoint (with optimizer state) is deleted; `model/` is its result.
 
 
