@@ -381,3 +381,19 @@ def test_write_dir_atomic_turns_a_runtime_error_into_one_line(tmp_path):
                         r"\(if any\) is left as it was", str(e.value)), str(e.value)
     assert (target / "a.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_moved_run_directory_with_its_shards_inside_resumes(shards, tmp_path):
+    """As `pretune run` lays a run out: shards/ beside pretrain/ in one folder, absolute paths. Moved, it resumes;
+    other shards (a path that did not move with it) are a different config."""
+    root = tmp_path / "one"
+    shutil.copytree(shards, root / "shards")
+    assert main(["pretrain", "--shards", str(root / "shards"), "--out", str(root / "pretrain"), *ARGS,
+                 "--max-steps", "4", "--stop-after", "2"]) == 0
+    moved = tmp_path / "two"
+    shutil.move(str(root), str(moved))
+    assert main(["pretrain", "--shards", str(shards), "--out", str(moved / "pretrain"), *ARGS, "--max-steps", "4",
+                 "--resume"]) == 2
+    assert main(["pretrain", "--shards", str(moved / "shards"), "--out", str(moved / "pretrain"), *ARGS,
+                 "--max-steps", "4", "--resume"]) == 0
+    assert json.loads((moved / "pretrain" / "last" / "trainer_state.json").read_text())["step"] == 4

@@ -6,6 +6,7 @@ once. A run killed before its first checkpoint left nothing to lose: a plain rer
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,9 +23,30 @@ def _core(record: dict) -> dict:
     return without_keys({s: v for s, v in record.items() if s != "launch"}, RESUME_KEYS + ("out",))
 
 
+def _root(record: dict) -> str | None:
+    """The folder holding an absolute `out`: `pretune run` keeps shards/ and pretrain/model/ there, beside it."""
+    out = next((v["out"] for v in record.values() if isinstance(v, dict) and isinstance(v.get("out"), str)), "")
+    return str(Path(out).parent) + os.sep if out and Path(out).is_absolute() else None
+
+
+def _relative(value, root: str | None):
+    if isinstance(value, list):
+        return [_relative(v, root) for v in value]
+    return "<run>/" + value[len(root):] if root and isinstance(value, str) and value.startswith(root) else value
+
+
 def _differences(old: dict, new: dict) -> list[str]:
-    """Why `new` may not continue the run recorded as `old` (empty: it may)."""
-    diff = config_diff(_core(old), _core(new))
+    """Why `new` may not continue the run recorded as `old` (empty: it may). A path that moved with the run
+    directory (the same path relative to it) is no difference."""
+    old_core, new_core = _core(old), _core(new)
+    old_root, new_root = _root(old), _root(new)
+    for section, values in old_core.items():
+        other = new_core.get(section)
+        if isinstance(values, dict) and isinstance(other, dict):
+            for key, value in values.items():
+                if key in other and _relative(value, old_root) == _relative(other[key], new_root):
+                    values[key] = other[key]
+    diff = config_diff(old_core, new_core)
     # batch_size / grad_accum may change with the number of ranks; on as many ranks, the global batch may not
     launch_old, launch_new = old.get("launch", {}), new.get("launch", {})
     if (launch_old.get("world_size", 1) == launch_new.get("world_size", 1)
