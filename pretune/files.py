@@ -58,7 +58,7 @@ def input_file(path: str | Path, what: str = "file") -> Path:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise InputError(f"{what} not found", path=path) from None
+        raise InputError("file not found", path=path) from None
     except OSError as e:
         raise InputError(f"cannot read {what}: {e.strerror or e}", path=path) from None
     if stat.S_ISREG(mode):
