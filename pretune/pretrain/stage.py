@@ -189,12 +189,12 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     run_record["launch"] = {"world_size": dist.world_size(),
                             "global_batch": tcfg.batch_size * tcfg.grad_accum * dist.world_size()}
     device = resolve_device(tcfg.device)  # the device the Trainer moves the model to: checked before --overwrite
+    train_data = objective.dataset(train_shards, sec.max_len)  # and the data (NSP needs 2 documents per split)
+    val_data = objective.dataset(val_shards, sec.max_len)
+    batches = BatchSource(train_data, tcfg.batch_size, objective.collate, seed=tcfg.seed)
     resume = prepare_out_dir(out, run_record, resume, overwrite)
     if dist.is_main():
         print(describe(cfg, model.body.num_parameters() + sum(p.numel() for p in model.heads.parameters())))
-    train_data = objective.dataset(train_shards, sec.max_len)
-    val_data = objective.dataset(val_shards, sec.max_len)
-    batches = BatchSource(train_data, tcfg.batch_size, objective.collate, seed=tcfg.seed)
     model_files = {"model": cfg.to_dict(), "objective": objective.name, "heads": sorted(model.heads.keys())}
     trainer = Trainer(
         model, tcfg, out,
