@@ -62,7 +62,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pretune.config import close_match, coerce_fields, from_dict, load_toml, toml_tables
+from pretune.config import bounds, close_match, coerce_fields, from_dict, load_toml, toml_tables
 from pretune.errors import InputError
 from pretune.finetune.config import FREEZE_RE
 from pretune.finetune.config import SECTIONS as FT_SECTIONS
@@ -88,7 +88,7 @@ PRUNERS = ("median", "none")
 @dataclass
 class RunSection:
     out: str = "pretune-run"
-    seed: int = 0
+    seed: int = field(default=0, metadata=bounds(ge=0, le=2**63 - 1))
     device: str = "auto"
     progress: bool = True
     threads: int = 0
@@ -122,8 +122,8 @@ class CorpusSection:
 @dataclass
 class TokenizerSection:
     kind: str = "wordpiece"
-    vocab_size: int = 8000
-    min_frequency: int = 2
+    vocab_size: int = field(default=8000, metadata=bounds(ge=1))
+    min_frequency: int = field(default=2, metadata=bounds(ge=0))
     lowercase: bool = False
     file: str = ""  # an existing tokenizer.json / vocab.txt to use instead of training one
 
@@ -131,7 +131,7 @@ class TokenizerSection:
 @dataclass
 class SweepSection:
     label_fractions: list[float] = field(default_factory=list)
-    label_seed: int = 0
+    label_seed: int = field(default=0, metadata=bounds(ge=0, le=2**63 - 1))
 
     def validate(self, source=None) -> SweepSection:
         for f in self.label_fractions:
