@@ -8,7 +8,10 @@ Input side: `input_file` is the one check every reader makes before it opens a f
 never a FIFO that would block, a device that never ends, a directory); `input_lines` and `read_input` read one
 through it, decompressing `.gz`, with bounds on a line and on a whole file (a clear error instead of growing to
 gigabytes on `/dev/zero` or a gzip bomb). The bounds can be raised with PRETUNE_MAX_LINE_BYTES /
-PRETUNE_MAX_FILE_BYTES.
+PRETUNE_MAX_FILE_BYTES / PRETUNE_MAX_STREAM_BYTES.
+
+Output directories: `lock_dir` holds an advisory lock (fcntl.flock on `.pretune.lock` inside) for the command that
+writes one, so a second writer is refused at once with the holder's pid.
 """
 
 from __future__ import annotations

@@ -222,10 +222,11 @@ def test_the_suite_is_large_and_covers_every_reader():
     assert all(c["edit"] in EDITS for c in CASES if "base" in c)
     commands = {" ".join(a for a in c["args"][:2] if not a.startswith("-")) for c in CASES}
     assert {"prepare {file}", "tokenizer train", "pretrain", "finetune", "run", "vocab extend"} <= commands
-    named = [c["file"] for c in CASES if "file" in c]
-    prefixes = {f.split("_")[0].split(".")[0] for f in named}
+    prefixes = {c["file"].split("_")[0].split(".")[0] for c in CASES if "file" in c}
     assert {"corpus", "tok", "vocab", "config", "shards", "classify", "pair", "tag", "span", "ckpt", "run",
-            "flag"} <= prefixes | {"flag" if any("file" not in c for c in CASES) else ""}
+            "use"} <= prefixes
+    assert sum("file" not in c for c in CASES) >= 50  # flags and --set values: checked with the setting's name
+    assert {c["edit"] for c in CASES if "base" in c} >= set(EDITS) - {"noop"}  # every edit is used
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{i:03d}-{c.get('file', 'flag')}-{c['args'][0]}"
