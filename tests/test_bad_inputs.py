@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import tomllib
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from pretune.cli import main
 HERE = Path(__file__).resolve().parent / "bad_inputs"
 CASES = tomllib.loads((HERE / "cases.toml").read_text(encoding="utf-8"))["case"]
 WORDNET = Path(__file__).resolve().parent.parent / "pretune" / "resources" / "wordnet"
+HANG_SECONDS = 120
 RUN_ARGS = ["--model-size", "tiny", "--max-len", "32", "--batch-size", "4", "--max-steps", "2", "--save-every", "2",
             "--eval-every", "2", "--eval-batches", "1", "--no-progress", "--device", "cpu"]
 
@@ -243,7 +245,16 @@ def test_bad_input_gives_one_clear_line(case, good, tmp_path, capsys, monkeypatc
     before = tree_hash(work)
     capsys.readouterr()
 
-    code = main(args)
+    def hang(signum, frame):
+        raise TimeoutError(f"no answer within {HANG_SECONDS} s: a hang")
+
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(HANG_SECONDS)  # a case that blocks (a FIFO read, a lock wait) fails instead of hanging the suite
+    try:
+        code = main(args)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
     captured = capsys.readouterr()
     # the error line, besides the progress bar `prepare` draws while it reads (tqdm: "tokenizing: 0doc [...]")
