@@ -111,8 +111,9 @@ def _prepare(out: Path, run_record: dict, resume: bool, overwrite: bool) -> bool
         if not _never_checkpointed(out, run_record):
             raise InputError("--resume: no checkpoint to resume from (no last/ here)", path=out)
         resume = False  # killed before its first checkpoint: start again
-        print(f"pretune: note: {out} has no checkpoint yet (the run stopped before its first one): starting at step 0",
-              file=sys.stderr)
+        if dist.is_main():
+            print(f"pretune: note: {out} has no checkpoint yet (the run stopped before its first one): starting at "
+                  "step 0", file=sys.stderr)
     if out.is_dir() and files.dir_entries(out):
         if not overwrite and not _never_checkpointed(out, run_record):
             raise InputError("output directory already holds files; pass --resume to continue its run, "
