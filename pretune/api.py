@@ -29,7 +29,7 @@ from pretune.use.predict import predict
 
 
 def run_pipeline(config: str | Path | dict | None = None, *, out: str | Path | None = None,
-                 overrides: dict[str, Any] | None = None, force: bool = False) -> dict:
+                 overrides: dict[str, Any] | None = None, force: bool = False, overwrite: bool = False) -> dict:
     """Run (or bring up to date) `pretune run` and return its summary (report/summary.json).
 
     config: a TOML path, the same tables as a dict ({"corpus": {"files": [...]}, ...}; relative paths from the
@@ -37,7 +37,7 @@ def run_pipeline(config: str | Path | dict | None = None, *, out: str | Path | N
     e.g. {"pretrain.trainer.max_steps": 200}."""
     sets = [f"{key}={toml_value(value)}" for key, value in (overrides or {}).items()]
     cfg = load_config(config, overrides=sets, out=str(out) if out is not None else None)
-    return pipeline.run_pipeline(cfg, force=force)
+    return pipeline.run_pipeline(cfg, force=force, overwrite=overwrite)
 
 
 class Model:

@@ -12,6 +12,7 @@ import sys
 
 from pretune import __version__
 from pretune.errors import InputError
+from pretune.files import release_locks
 from pretune.training.threads import set_threads
 from pretune.training.trainer import TrainingError
 
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"pretune: error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_INPUT
+    finally:
+        release_locks()  # the output directories this command held
     return 0
 
 

@@ -10,14 +10,17 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import re
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pretune.errors import InputError
+from pretune.files import read_input
 
 # The one list of settings that never change a result (what a fingerprint or a resume check ignores), and the
 # settings a resumed run may change besides them (budgets and how a global batch is split over ranks).
@@ -34,13 +37,9 @@ def without_keys(record: dict[str, dict], keys: tuple[str, ...]) -> dict[str, di
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise InputError("config file not found", path=path) from None
+        text = read_input(path, "config file").decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"config is not UTF-8 text (byte {e.start})", path=path) from None
-    except OSError as e:
-        raise InputError(f"cannot read config: {e.strerror}", path=path) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -50,9 +49,18 @@ def load_toml(path: str | Path) -> dict:
         raise InputError(f"invalid TOML: {msg}", path=path, line=line) from None
 
 
+def close_match(key: str, known) -> str | None:
+    """The known key `key` most likely meant: a close spelling, else one its words start with (lr_rate -> lr)."""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    if close:
+        return close[0]
+    words = [k for k in known if key.startswith(k + "_") or key.endswith("_" + k)]
+    return max(words, key=len) if words else None
+
+
 def _did_you_mean(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
+    close = close_match(key, known)
+    return f"; did you mean {close!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
 
 
 def _base_type(tp: Any) -> tuple[type, bool]:
@@ -118,9 +126,52 @@ def coerce_fields(cls: type, data: dict, path=None, section: str | None = None) 
     return kwargs
 
 
+def bounds(ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+           **metadata: Any) -> dict[str, Any]:
+    """Field metadata for a number: the range it must lie in (checked at load time by `check_numbers`), plus any
+    other metadata (help, flag). `field(default=0.9, metadata=bounds(ge=0, lt=1, help="..."))`."""
+    return {**metadata, "bounds": (ge, gt, le, lt)}
+
+
+def _range_text(ge, gt, le, lt) -> str:
+    def n(x) -> str:
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
+    if (ge is not None or gt is not None) and (le is not None or lt is not None):
+        lo, hi = ("[", ge) if ge is not None else ("(", gt), ("]", le) if le is not None else (")", lt)
+        return f"in {lo[0]}{n(lo[1])}, {n(hi[1])}{hi[0]}"
+    if ge is not None:
+        return f">= {n(ge)}"
+    if gt is not None:
+        return f"> {n(gt)}"
+    return f"<= {n(le)}" if le is not None else f"< {n(lt)}"
+
+
+def check_numbers(obj: Any, source: str | Path | None = None, prefix: str = "") -> None:
+    """InputError naming the setting unless every number of dataclass `obj` is finite (floats: no nan / inf) and in
+    the range its field's `bounds` metadata gives. One check for every config section (`from_dict` runs it)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise InputError(f"{prefix}{f.name} must be a finite number, got {v}", path=source)
+            rng = f.metadata.get("bounds")
+            if rng is None:
+                continue
+            ge, gt, le, lt = rng
+            if ((ge is not None and v < ge) or (gt is not None and v <= gt) or (le is not None and v > le)
+                    or (lt is not None and v >= lt)):
+                raise InputError(f"{prefix}{f.name} must be {_range_text(ge, gt, le, lt)}, got {v!r}", path=source)
+
+
 def from_dict(cls: type, data: dict, path=None, section: str | None = None):
-    """Build dataclass `cls` from a dict (see coerce_fields), then run its validate() if it has one."""
+    """Build dataclass `cls` from a dict (see coerce_fields), check its numbers (finite, within their field's
+    `bounds`), then run its validate() if it has one."""
     obj = cls(**coerce_fields(cls, data, path, section))
+    check_numbers(obj, path, f"[{section}] " if section else "")
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate(str(path) if path is not None else None)
@@ -171,10 +222,15 @@ def merge(file_values: dict, args: argparse.Namespace, sections: dict[str, type]
     return out
 
 
-def load_sections(config_path: str | None, args: argparse.Namespace, sections: dict[str, type]) -> dict[str, Any]:
-    """TOML file (optional) + flags -> one validated dataclass per section."""
+def load_sections(config_path: str | None, args: argparse.Namespace, sections: dict[str, type],
+                  defaults: Callable[[dict[str, dict]], dict[str, dict]] | None = None) -> dict[str, Any]:
+    """TOML file (optional) + flags -> one validated dataclass per section. `defaults(merged)`: per section, values
+    under the file's and the flags' (e.g. a model-size preset), chosen from what was given."""
     values = load_toml(config_path) if config_path else {}
     merged = merge(values, args, sections, config_path)
+    if defaults is not None:
+        under = defaults(merged)
+        merged = {name: {**under.get(name, {}), **vals} for name, vals in merged.items()}
     return {name: from_dict(cls, merged[name], config_path, name) for name, cls in sections.items()}
 
 
@@ -201,3 +257,24 @@ def toml_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def config_diff(old: Any, new: Any, where: str = "", limit: int = 4) -> list[str]:
+    """The settings that differ between two records ({section: {key: value}}, nested), as "section.key: old -> new"
+    lines (at most `limit`, then "..."): what an error about a changed config names."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, at: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                walk(a.get(k, "(unset)"), b.get(k, "(unset)"), f"{at}.{k}" if at else str(k))
+        elif a != b:
+            out.append(f"{at or 'value'}: {_short(a)} -> {_short(b)}")
+
+    walk(old, new, where)
+    return out[:limit] + (["..."] if len(out) > limit else [])
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, default=str) if not isinstance(v, str) or v != "(unset)" else v
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -145,16 +145,23 @@ def test_jsonl(tmp_path, gz):
     assert list(iter_documents(p2, fmt="jsonl", field="body")) == ["b1", "b2"]
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv"])
 @pytest.mark.parametrize("gz", [False, True])
-def test_csv_tsv(tmp_path, fmt, gz):
+def test_csv(tmp_path, gz):
     rows = [["id", "text"], ["1", "plain"], ["2", 'has, comma and "quotes"'], ["3", ""], ["4", "multi\nline"]]
-    path = tmp_path / (f"c.{fmt}.gz" if gz else f"c.{fmt}")
-    text_path = tmp_path / f"raw.{fmt}"
+    path = tmp_path / ("c.csv.gz" if gz else "c.csv")
+    text_path = tmp_path / "raw.csv"
     with open(text_path, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f, delimiter="," if fmt == "csv" else "\t").writerows(rows)
+        csv.writer(f).writerows(rows)
     _write(path, text_path.read_bytes())
     assert list(iter_documents(path)) == ["plain", 'has, comma and "quotes"', "multi\nline"]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_tsv_is_one_record_per_line_and_quotes_are_text(tmp_path, gz):
+    """TSV as the labeled reader reads it (no quoting): a stray quote must not merge the rows after it."""
+    path = _write(tmp_path / ("c.tsv.gz" if gz else "c.tsv"),
+                  b'id\ttext\n1\t"an open quote\n2\tsecond\n3\t\n4\tthird "quoted" word\n5\tlast\n')
+    assert list(iter_documents(path)) == ['"an open quote', "second", 'third "quoted" word', "last"]
 
 
 def test_iter_corpus_chains_files(tmp_path):

@@ -109,7 +109,7 @@ def assert_resumes_like_reference(shards: Path, run: Path, reference: Path) -> i
         assert abs(a - b) < 1e-6, (s, k, a, b)
     wa, wb = load_file(run / "model" / "model.safetensors"), load_file(reference / "model" / "model.safetensors")
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wb) < 1e-6
-    assert not any(p.name.startswith(".") for p in run.iterdir())  # no .last.tmp / .last.old left behind
+    assert not any(p.name.startswith(".") for p in files.dir_entries(run))  # no .last.tmp / .last.old left behind
     return step
 
 
@@ -273,7 +273,7 @@ def test_out_of_disk_space_while_writing_a_checkpoint(shards, tmp_path, monkeypa
     assert step_of(run / "last") == 2
     ckpt = ck.load_checkpoint(run / "last")
     assert ckpt.optimizer_state() is not None and "body.embeddings.word.weight" in ckpt.state_dict
-    left = sorted(p.name for p in run.iterdir() if not p.name.startswith("events.out.tfevents"))  # TensorBoard's
+    left = sorted(p.name for p in files.dir_entries(run) if not p.name.startswith("events.out.tfevents"))
     assert left == ["last", "metrics.jsonl", "run.json"]
 
 

@@ -192,7 +192,10 @@ def test_changed_labels_rerun_finetuning_only(tiny_run, tmp_path, capsys):
     with open(config.parent / "train.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     write_csv(config.parent / "train.csv", rows[:100])
-    code, log, _ = run(config, out, capsys)
+    code, _, err = run(config, out, capsys)  # the trained stages are not replaced without --overwrite
+    assert code == 2 and "stage finetune/ holds a model made with another config (data.train: " in err
+    assert "pass --overwrite to replace it" in err and len(err.strip().splitlines()) == 1
+    code, log, _ = run(config, out, capsys, "--overwrite")
     assert code == 0
     assert skipped(log) == {"tokenizer", "shards", "pretrain"}
     assert ran(log) == {"finetune", "baseline", "sweep/pretrained-0.25", "sweep/baseline-0.25", "evaluate",

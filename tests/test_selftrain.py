@@ -478,7 +478,8 @@ def test_pipeline_reports_the_rounds(tiny_ckpt, tmp_path, capsys):
     assert "Self-training rounds" in section and section.count("<tr>") == 1 + len(record["rounds"])
     assert f"{record['rounds'][1]['n_pseudo']}</td>" in section
     # a self-training key changes the pretrained fine-tune only
-    code, stdout, err = run_cli(["run", config, "--out", out, "--set", "finetune.pseudo_top_k=3"], capsys)
+    code, stdout, err = run_cli(["run", config, "--out", out, "--set", "finetune.pseudo_top_k=3", "--overwrite"],
+                                capsys)
     assert code == 0, err
     assert "[finetune] running" in stdout and "[baseline] up to date, skipped" in stdout
     assert json.loads((out / "finetune" / "self_training.json").read_text())["top_k"] == 3

@@ -214,8 +214,12 @@ def test_run_with_tune_searches_then_fine_tunes_both_models(data, tmp_path, caps
     assert summary["tune"]["best"] == search["best"] and "tune" in summary["stages"]
     assert '<section id="tuning">' in (out / "report" / "report.html").read_text(encoding="utf-8")
     assert load_config(out / "tune" / "best.toml").tune.trials == 0
-    # a plain run with values no trial had, in the same directory: no search, so no tuning section
-    code = main(["run", str(data), "--out", str(out), *FAST, "--set", "finetune.trainer.lr=5e-4", "--no-progress"])
+    # a plain run with values no trial had, in the same directory: no search, so no tuning section (its fine-tunings
+    # replace the tuned ones, so only with --overwrite)
+    plain = ["run", str(data), "--out", str(out), *FAST, "--set", "finetune.trainer.lr=5e-4", "--no-progress"]
+    assert main(plain) == 2
+    assert "stage finetune/ holds a model made with another config" in capsys.readouterr().err
+    code = main([*plain, "--overwrite"])
     log = capsys.readouterr().out
     assert code == 0 and "[tune]" not in log
     summary = json.loads((out / "report" / "summary.json").read_text())

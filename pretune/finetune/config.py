@@ -6,7 +6,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from pretune.config import load_sections
+from pretune.config import bounds, check_numbers, load_sections
 from pretune.errors import InputError
 from pretune.finetune.tasks import TASKS, get_task
 from pretune.model.heads import POOLING
@@ -49,7 +49,7 @@ class FinetuneSection:
     all_subwords: bool = field(default=False, metadata={"help": "tag: every subword of a word gets its label"})
     max_span_width: int = field(default=8, metadata={"help": "span: widest candidate span, in words"})
     label_fraction: float = field(default=1.0, metadata={"help": "stratified fraction of the labels to train on"})
-    label_seed: int = 0
+    label_seed: int = field(default=0, metadata=bounds(ge=0, le=2**63 - 1))
     from_scratch: bool = field(default=False, metadata={"help": "random init of the same architecture (baseline)"})
     # semi-supervised: an unlabeled pool for self-training (pretune.semisup.selftrain) and consistency training (UDA)
     unlabeled: list[str] = field(default_factory=list, metadata={
@@ -71,6 +71,7 @@ class FinetuneSection:
         def bad(msg: str) -> InputError:
             return InputError(f"[finetune] {msg}", path=source)
 
+        check_numbers(self, source, "[finetune] ")
         if self.task not in TASKS:
             raise bad(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         metrics = TASKS[self.task].metrics
@@ -166,14 +167,18 @@ class FinetuneTrainConfig(TrainConfig):
     """[train] for fine-tuning: the same keys with fine-tuning defaults. max_steps is a cap on epochs x batches
     (unset: no cap); eval_every and save_every default to once per epoch."""
 
-    max_steps: int | None = field(default=None, metadata={"help": "cap on optimizer steps (default: epochs)"})
-    batch_size: int = 16
-    lr: float = field(default=2e-5, metadata={"help": "learning rate of the pretrained body"})
-    eval_every: int | None = field(default=None, metadata={"help": "steps between evaluations (default: an epoch)"})
-    save_every: int | None = field(default=None, metadata={"help": "steps between checkpoints (default: an epoch)"})
+    max_steps: int | None = field(default=None, metadata=bounds(ge=1, help="cap on optimizer steps (default: epochs)"))
+    batch_size: int = field(default=16, metadata=bounds(ge=1))
+    lr: float = field(default=2e-5, metadata=bounds(gt=0, help="learning rate of the pretrained body"))
+    eval_every: int | None = field(default=None, metadata=bounds(
+        ge=1, help="steps between evaluations (default: an epoch)"))
+    save_every: int | None = field(default=None, metadata=bounds(
+        ge=1, help="steps between checkpoints (default: an epoch)"))
 
     def validate(self, source: str | None = None) -> FinetuneTrainConfig:
-        probe = {name: getattr(self, name) or 1 for name in ("max_steps", "eval_every", "save_every")}
+        check_numbers(self, source, "[train] ")
+        probe = {name: 1 if getattr(self, name) is None else getattr(self, name)
+                 for name in ("max_steps", "eval_every", "save_every")}
         TrainConfig.validate(dataclasses.replace(self, **probe), source)
         return self
 

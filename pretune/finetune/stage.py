@@ -42,7 +42,7 @@ from pretune.text.labeled import LabelMap, length_grouped_batches, read_examples
 from pretune.training import checkpoint as ck
 from pretune.training import distributed as dist
 from pretune.training.batches import BatchSource
-from pretune.training.config import seed_everything
+from pretune.training.config import resolve_device, seed_everything
 from pretune.training.outdir import prepare_out_dir
 from pretune.training.trainer import EarlyStopping, Trainer
 
@@ -96,7 +96,7 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
                          path=source)
 
     train_ex = read_examples(sec.train, task, **sec.fields())
-    labels = LabelMap.from_examples(train_ex, task)
+    labels = LabelMap.from_examples(train_ex, task, sec.train)
     val_ex = read_examples(sec.validation, task, **sec.fields())
     test_ex = read_examples(sec.test, task, **sec.fields()) if sec.test else None
     train_ex = subsample(train_ex, sec.label_fraction, sec.label_seed)
@@ -141,11 +141,11 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     if out.resolve() == init.path.resolve() or out.resolve() in init.path.resolve().parents:
         raise InputError("--out holds the checkpoint being fine-tuned; choose another directory", path=out)
     run_record = {"finetune": asdict(sec), "train": asdict(tcfg)}
-    prepare_out_dir(out, run_record, resume, overwrite)
+    resolve_device(tcfg.device)  # an unavailable device is refused before --overwrite clears anything
+    resume = prepare_out_dir(out, run_record, resume, overwrite)
     extra = {"fields": sec.fields(), "base_checkpoint": str(init.path), "from_scratch": sec.from_scratch}
     config = task_config(model, sec.max_len, extra)
     if dist.is_main():
-        files.write_json(out / "run.json", run_record)
         for w in warnings:
             print(f"pretune: warning: {w}", file=sys.stderr)
         print(f"{task}: {len(labels)} labels, {len(train_ex)} training examples ({len(train.features)} inputs), "
@@ -174,7 +174,7 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     trainer = Trainer(model, run_cfg, out, batches=batches, loss_fn=loss_fn,
                       save_model=ck.model_writer(config, tok), evaluate=evaluate,
                       groups=groups, early_stopping=EarlyStopping(metric, greater, sec.patience or None, sec.min_steps),
-                      loss_weight=kind.loss_weight(sec.crf), on_evaluate=on_evaluate)
+                      loss_weight=kind.loss_weight(sec.crf), on_evaluate=on_evaluate, run_record=run_record)
     result = trainer.fit(resume=resume)
     idle = uda.idle_warning() if uda is not None and dist.is_main() else None
     if idle:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from pretune import files
@@ -70,8 +69,12 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
                     state.update(part)
             except InputError:
                 raise
-            except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as e:
-                raise InputError(f"cannot read weights ({type(e).__name__}: {e})", path=f) from None
+            except Exception as e:  # noqa: BLE001 - an unpickling refusal, a truncated file: a bad weights file
+                reason = str(e).splitlines()[0] if str(e) else ""
+                raise InputError(f"cannot read weights ({type(e).__name__}: {reason[:200]}); expected safetensors or "
+                                 "a plain state dict of tensors", path=f) from None
+            if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+                raise InputError("expected a state dict of named tensors", path=f)
         return {_modern_name(k): v.float() if v.is_floating_point() else v for k, v in state.items()}
     raise InputError("no PyTorch weights: expected model.safetensors or pytorch_model.bin (or their sharded index)",
                      path=path)

@@ -14,7 +14,7 @@ from pretune import files
 from pretune.errors import InputError
 from pretune.interop.hf import check_target, open_checkpoint
 from pretune.interop.hf_rules import ACTIVATIONS_OUT, BASE_PREFIX, ROBERTA_LIKE, body_rules, head_rules, to_theirs
-from pretune.model.transformer import ModelConfig
+from pretune.model.transformer import ModelConfig, Transformer
 from pretune.text.tokenizer import PretuneTokenizer
 from pretune.training import checkpoint as ck
 
@@ -224,6 +224,10 @@ def export_hf(checkpoint: str | Path, out: str | Path, family: str = "auto", ove
         raise InputError("config.json has no 'model' section: not a pretune checkpoint", path=ckpt.path)
     cfg = ModelConfig.from_dict(ckpt.config["model"], str(ckpt.path / ck.CONFIG))
     tok = ckpt.tokenizer()
+    body = ckpt.weights("body.")
+    if body:  # the body's kinds and shapes against its config, as loading it would check (int64 weights: refused)
+        with torch.device("meta"):
+            ck.load_into(Transformer(cfg), body, ckpt.path, strict=False, check_only=True)
     family = _export_family(cfg, tok, family, ckpt.path)
     state, notes = ckpt.state_dict, []
     labels, why = None, None

@@ -7,13 +7,14 @@ Shapes: B batch, T query length, S key length (T plus cached positions), H hidde
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretune.config import bounds, check_numbers
 from pretune.errors import InputError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
@@ -36,22 +37,22 @@ def sinusoidal_positions(n: int, dim: int, std: float = 0.02) -> torch.Tensor:
 class ModelConfig:
     """Architecture. Defaults are BERT-base: about 110M parameters with the tied MLM head."""
 
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    ffn_size: int = 3072
-    max_positions: int = 512
-    type_vocab_size: int = 2  # segment embeddings (0 = none, as in GPT-2)
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    layer_norm_eps: float = 1e-12
+    vocab_size: int = field(default=30522, metadata=bounds(ge=1))
+    hidden_size: int = field(default=768, metadata=bounds(ge=1))
+    num_layers: int = field(default=12, metadata=bounds(ge=1))
+    num_heads: int = field(default=12, metadata=bounds(ge=1))
+    ffn_size: int = field(default=3072, metadata=bounds(ge=1))
+    max_positions: int = field(default=512, metadata=bounds(ge=1))
+    type_vocab_size: int = field(default=2, metadata=bounds(ge=0))  # segment embeddings (0 = none, as in GPT-2)
+    dropout: float = field(default=0.1, metadata=bounds(ge=0, lt=1))
+    attention_dropout: float = field(default=0.1, metadata=bounds(ge=0, lt=1))
+    layer_norm_eps: float = field(default=1e-12, metadata=bounds(gt=0))
     pre_ln: bool = False  # False: post-LN as in BERT; True: pre-LN as in GPT-2
     causal: bool = False
     activation: str = "gelu"  # gelu (erf, BERT) | gelu_tanh (GPT-2's gelu_new) | relu
     embedding_layer_norm: bool = True  # LayerNorm on the summed embeddings (BERT yes, GPT-2 no)
     final_layer_norm: bool = False  # LayerNorm after the last block (GPT-2 / pre-LN models)
-    pad_token_id: int = 0
+    pad_token_id: int = field(default=0, metadata=bounds(ge=0))
     # initial position embeddings: random (normal, std 0.02, as BERT) | sinusoidal (Vaswani et al.'s table scaled to
     # std 0.02: nearby positions start alike, so attention to neighbours is there to find from the first step)
     position_init: str = "random"
@@ -64,6 +65,7 @@ class ModelConfig:
             value = getattr(self, f.name)
             if f.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool)):
                 raise bad(f"{f.name} must be an integer, got {value!r}")
+        check_numbers(self, source, "model config: ")
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_size", "max_positions"):
             if getattr(self, name) < 1:
                 raise bad(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pretune.config import add_flags, coerce_fields, load_sections, load_toml, merge
-from pretune.errors import InputError
-from pretune.model.transformer import ModelConfig
+from pretune.files import check_output
+from pretune.model.transformer import PRESETS, ModelConfig
 from pretune.pretrain.shards import prepare_corpus
 from pretune.pretrain.stage import SECTIONS, pretrain
 from pretune.pretrain.vocab import new_words, read_word_list
@@ -28,7 +28,9 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    sections = load_sections(args.config, args, SECTIONS)
+    # the [model] section is validated as the preset model_size names, with the given keys over it
+    sections = load_sections(args.config, args, SECTIONS,
+                             lambda merged: {"model": PRESETS.get(merged["pretrain"].get("model_size", "base"), {})})
     # [model] keys are overrides of the preset: keep only those the user gave
     values = load_toml(args.config) if args.config else {}
     model_values = coerce_fields(ModelConfig, merge(values, args, SECTIONS, args.config)["model"], args.config, "model")
@@ -41,8 +43,7 @@ def cmd_pretrain(args) -> None:
 
 def cmd_vocab_extend(args) -> None:
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise InputError("already exists; pass --overwrite to replace it", path=out)
+    check_output(out, args.overwrite, Path(args.tokenizer), Path(args.words))
     source = Path(args.tokenizer)
     if source.is_dir() and not any((source / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         source = resolve(source)  # a run directory: its model/ (or best/, last/)

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm  # a widget in a notebook, a text bar elsewhere
 
 from pretune.errors import InputError
-from pretune.files import write_json
+from pretune.files import input_file, write_json
 from pretune.text.corpus import iter_corpus, path_list
 
 FORMAT_VERSION = 1
@@ -182,6 +182,8 @@ def prepare_corpus(paths: Sequence[str | os.PathLike] | str | os.PathLike, token
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     _check_out_dir(out_dir, overwrite)
+    for p in files:
+        input_file(p, "corpus file")  # before any progress bar or temporary directory: a FIFO, a device, a typo
     vocab_size = int(tokenizer.vocab_size)
     dtype = np.dtype(np.uint16 if vocab_size < 65536 else np.uint32)
     max_id = np.iinfo(dtype).max

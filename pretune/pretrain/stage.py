@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pretune import files
+from pretune.config import bounds, check_numbers
 from pretune.errors import InputError
 from pretune.interop.hf import open_checkpoint
 from pretune.model.transformer import PRESETS, ModelConfig, describe
@@ -31,25 +31,31 @@ class PretrainSection:
 
     shards: str = field(default="", metadata={"help": "directory written by `pretune prepare`"})
     out: str = field(default="", metadata={"help": "run directory (checkpoints, metrics.jsonl, model/)"})
-    max_len: int = 128
+    max_len: int = field(default=128, metadata=bounds(ge=8))
     model_size: str = field(default="base", metadata={"help": f"preset: {', '.join(PRESETS)}; [model] keys override"})
     objective: str = field(default="mlm", metadata={"help": "mlm | wwm | span | mlm+nsp | clm | rtd"})
-    mask_prob: float = field(default=0.15, metadata={"help": "masked objectives: share of tokens to predict"})
-    mask_ratio: float = field(default=0.8, metadata={"help": "masked objectives: share of those replaced by [MASK]"})
-    random_ratio: float = field(default=0.1, metadata={"help": "masked objectives: share replaced by a random token"})
-    span_p: float = field(default=0.2, metadata={"help": "span: p of the geometric span length (in words)"})
-    span_max: int = field(default=10, metadata={"help": "span: longest span, in words"})
-    nsp_prob: float = field(default=0.5, metadata={"help": "mlm+nsp: probability that segment B is random"})
+    mask_prob: float = field(default=0.15, metadata=bounds(
+        gt=0, le=1, help="masked objectives: share of tokens to predict"))
+    mask_ratio: float = field(default=0.8, metadata=bounds(
+        ge=0, le=1, help="masked objectives: share of those replaced by [MASK]"))
+    random_ratio: float = field(default=0.1, metadata=bounds(
+        ge=0, le=1, help="masked objectives: share replaced by a random token"))
+    span_p: float = field(default=0.2, metadata=bounds(
+        gt=0, le=1, help="span: p of the geometric span length (in words)"))
+    span_max: int = field(default=10, metadata=bounds(ge=1, help="span: longest span, in words"))
+    nsp_prob: float = field(default=0.5, metadata=bounds(
+        ge=0, le=1, help="mlm+nsp: probability that segment B is random"))
     init_from: str | None = field(default=None, metadata={"help": "continue pretraining from this checkpoint"})
-    head_warmup_steps: int = field(default=0, metadata={
-        "help": "with init_from: the heads train alone for this many steps, the body held still (a checkpoint "
-                "without an MLM head gets a random one: warm it up before it moves the body)"})
+    head_warmup_steps: int = field(default=0, metadata=bounds(ge=0, help=
+        "with init_from: the heads train alone for this many steps, the body held still (a checkpoint without an MLM "
+        "head gets a random one: warm it up before it moves the body)"))
     add_tokens: str | None = field(default=None, metadata={
         "help": "with init_from: file of domain words (one per line) to add to the vocabulary; new embedding rows "
                 "start as the mean of the word's old pieces (prepare the shards with `pretune vocab extend`'s "
                 "tokenizer)"})
 
     def validate(self, source=None) -> PretrainSection:
+        check_numbers(self, source, "[pretrain] ")
         if not self.shards:
             raise InputError("shards is required: the directory written by `pretune prepare`", path=source)
         if not self.out:
@@ -140,7 +146,7 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     val_shards = TokenShards(shards_dir, "validation")
     init = open_checkpoint(sec.init_from) if sec.init_from else None
     tok_source = init.path if init is not None else shards_dir
-    tok = PretuneTokenizer.load(tok_source / ck.TOKENIZER)
+    tok = init.tokenizer() if init is not None else PretuneTokenizer.load(tok_source / ck.TOKENIZER)
     objective_cls = OBJECTIVES[sec.objective]
     objective = build_objective(sec.objective, Specials.from_tokenizer(tok), **sec.objective_options(objective_cls))
     if init is not None:
@@ -173,19 +179,25 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
                              "--out TOKENIZER` and run `pretune prepare` with it", path=shards_dir)
         raise InputError("the shards were made with another tokenizer than the one this run uses "
                          f"({tok_source / ck.TOKENIZER}); run `pretune prepare` with it", path=shards_dir)
+    for shards in (train_shards, val_shards):
+        top = int(shards.tokens.max()) if len(shards.tokens) else -1
+        if top >= cfg.vocab_size:
+            raise InputError(f"the {shards.split} shards hold token id {top}, beyond the model's vocabulary of "
+                             f"{cfg.vocab_size}: they were made with another tokenizer (or are damaged)",
+                             path=shards.directory / f"{shards.split}.tokens.bin")
     out = Path(sec.out)
     run_record = {name: asdict(obj) for name, obj in sections.items()}
+    run_record["model"] = cfg.to_dict()  # the architecture trained: preset, overrides and the tokenizer's vocabulary
     run_record["launch"] = {"world_size": dist.world_size(),
                             "global_batch": tcfg.batch_size * tcfg.grad_accum * dist.world_size()}
-    prepare_out_dir(out, run_record, resume, overwrite)
-    if dist.is_main():
-        files.write_json(out / "run.json", run_record)
-        print(describe(cfg, model.body.num_parameters() + sum(p.numel() for p in model.heads.parameters())))
-    train_data = objective.dataset(train_shards, sec.max_len)
+    device = resolve_device(tcfg.device)  # the device the Trainer moves the model to: checked before --overwrite
+    train_data = objective.dataset(train_shards, sec.max_len)  # and the data (NSP needs 2 documents per split)
     val_data = objective.dataset(val_shards, sec.max_len)
     batches = BatchSource(train_data, tcfg.batch_size, objective.collate, seed=tcfg.seed)
+    resume = prepare_out_dir(out, run_record, resume, overwrite)
+    if dist.is_main():
+        print(describe(cfg, model.body.num_parameters() + sum(p.numel() for p in model.heads.parameters())))
     model_files = {"model": cfg.to_dict(), "objective": objective.name, "heads": sorted(model.heads.keys())}
-    device = resolve_device(tcfg.device)  # the device the Trainer moves the model to
     trainer = Trainer(
         model, tcfg, out,
         groups=param_groups(model, tcfg.weight_decay, tcfg.lr, sec.head_warmup_steps),
@@ -195,6 +207,7 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
         evaluate=evaluator(objective, val_data, tcfg.batch_size, tcfg.eval_batches, tcfg.seed, device),
         summarize=objective.summarize,
         loss_weight=getattr(objective, "loss_weight", label_count),  # masked tokens: the unit the loss averages
+        run_record=run_record,
     )
     result = trainer.fit(resume=resume)
     if dist.is_main():

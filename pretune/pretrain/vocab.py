@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from pretune.errors import InputError
+from pretune.files import read_input
 from pretune.model.heads import MLMHead, SBOHead
 from pretune.model.transformer import ModelConfig
 
@@ -26,15 +27,9 @@ def read_word_list(path: str | Path) -> list[str]:
     """Words of a UTF-8 file, one per line; blank lines and lines starting with '#' skipped, duplicates dropped."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise InputError("word list not found", path=path) from None
-    except IsADirectoryError:
-        raise InputError("is a directory; expected a word list file (one word per line)", path=path) from None
+        text = read_input(path, "word list").decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"not UTF-8 text (byte {e.start}); expected one word per line", path=path) from None
-    except OSError as e:
-        raise InputError(f"cannot read word list: {e.strerror}", path=path) from None
     words: list[str] = []
     seen: set[str] = set()
     for lineno, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):

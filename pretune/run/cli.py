@@ -38,7 +38,7 @@ def cmd_run(args) -> None:
         sys.stdout.write(cfg.to_toml())
         return
     t0 = time.perf_counter()
-    summary = run_pipeline(cfg, force=args.force)
+    summary = run_pipeline(cfg, force=args.force, overwrite=args.overwrite)
     root = Path(cfg.run.out)
     print()
     print(format_summary(summary))
@@ -50,7 +50,7 @@ def cmd_run(args) -> None:
 def cmd_compare(args) -> None:
     cfg = load_config(args.config, overrides=cli_overrides(args), out=args.out)
     t0 = time.perf_counter()
-    comparison = run_comparison(cfg, force=args.force)
+    comparison = run_comparison(cfg, force=args.force, overwrite=args.overwrite)
     print()
     print(format_comparison(comparison))
     path = Path(cfg.run.out) / "compare" / "comparison.json"
@@ -69,7 +69,7 @@ def cmd_tune(args) -> None:
     if cfg.tune.trials == 0:
         cfg = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, trials=DEFAULT_TRIALS))
     t0 = time.perf_counter()
-    runner, base, base_fp, _ = start_run(cfg, force=args.force)
+    runner, base, base_fp, _ = start_run(cfg, force=args.force, overwrite=args.overwrite)
     stage = stage_tune(runner, cfg, base, base_fp)
     path = write_best_config(cfg, stage.directory)
     search = read_search(stage.directory)
@@ -91,6 +91,8 @@ def add_run_arguments(p, set_example: str, force_help: str) -> None:
     p.add_argument("--threads", type=int, default=None, help="[run] threads: CPU threads for torch")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
     p.add_argument("--force", action="store_true", help=force_help)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace training stages made with another config (without it they are refused)")
 
 
 def register_cli(sub) -> None:

@@ -55,17 +55,18 @@ be overridden on the command line: `pretune run my.toml --set pretrain.trainer.m
 from __future__ import annotations
 
 import copy
-import difflib
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pretune.config import coerce_fields, from_dict, load_toml, toml_tables
+from pretune.config import bounds, close_match, coerce_fields, from_dict, load_toml, toml_tables
 from pretune.errors import InputError
 from pretune.finetune.config import FREEZE_RE
 from pretune.finetune.config import SECTIONS as FT_SECTIONS
+from pretune.model.transformer import PRESETS
 from pretune.pretrain.stage import SECTIONS as PT_SECTIONS
 
 DEFAULT_CONFIG = "default.toml"
@@ -87,7 +88,7 @@ PRUNERS = ("median", "none")
 @dataclass
 class RunSection:
     out: str = "pretune-run"
-    seed: int = 0
+    seed: int = field(default=0, metadata=bounds(ge=0, le=2**63 - 1))
     device: str = "auto"
     progress: bool = True
     threads: int = 0
@@ -121,8 +122,8 @@ class CorpusSection:
 @dataclass
 class TokenizerSection:
     kind: str = "wordpiece"
-    vocab_size: int = 8000
-    min_frequency: int = 2
+    vocab_size: int = field(default=8000, metadata=bounds(ge=1))
+    min_frequency: int = field(default=2, metadata=bounds(ge=0))
     lowercase: bool = False
     file: str = ""  # an existing tokenizer.json / vocab.txt to use instead of training one
 
@@ -130,7 +131,7 @@ class TokenizerSection:
 @dataclass
 class SweepSection:
     label_fractions: list[float] = field(default_factory=list)
-    label_seed: int = 0
+    label_seed: int = field(default=0, metadata=bounds(ge=0, le=2**63 - 1))
 
     def validate(self, source=None) -> SweepSection:
         for f in self.label_fractions:
@@ -303,8 +304,8 @@ def _resolve_paths(raw: dict, base: Path) -> None:
 
 
 def _did_you_mean(key: str, known) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(known)}"
+    close = close_match(key, known)
+    return f"; did you mean {close!r}?" if close else f"; expected one of {', '.join(known)}"
 
 
 def _table(raw: dict, name: str, source) -> dict:
@@ -317,7 +318,19 @@ def _table(raw: dict, name: str, source) -> dict:
 def load_config(path: str | Path | dict | None = None, overrides: list[str] | None = None,
                 out: str | None = None) -> PipelineConfig:
     """Read a pipeline TOML (default: the bundled one), apply `--set` overrides and `--out`, validate every table.
-    `path` may also be the tables themselves (a dict, as TOML gives; relative paths from the working directory)."""
+    `path` may also be the tables themselves (a dict, as TOML gives; relative paths from the working directory).
+    An error in a value that a `--set` gave names that --set, not the file."""
+    try:
+        return _load_config(path, overrides, out)
+    except InputError as e:
+        for item in reversed(overrides or []):
+            key = item.partition("=")[0].split(".")[-1].strip()
+            if key and e.path is not None and re.search(rf"(?<![\w]){re.escape(key)}(?![\w])", e.message):
+                raise InputError(f"--set {item}: {e.message}") from None
+        raise
+
+
+def _load_config(path: str | Path | dict | None, overrides: list[str] | None, out: str | None) -> PipelineConfig:
     if isinstance(path, dict):
         cfg_path, source, raw = Path.cwd() / "config.toml", "the config dict", copy.deepcopy(path)
     else:
@@ -356,6 +369,8 @@ def load_config(path: str | Path | dict | None = None, overrides: list[str] | No
     # shards/out are placeholders until the run directory is known; validate() needs them set
     pretrain_sec = from_dict(PT_SECTIONS["pretrain"], {**pre, "shards": "-", "out": "-"}, source, "pretrain")
     pretrain_trainer = from_dict(PT_SECTIONS["train"], pre_train, source, "pretrain.trainer")
+    # [pretrain.model] over its preset, checked now rather than after the tokenizer stage (the vocabulary comes later)
+    from_dict(PT_SECTIONS["model"], {**PRESETS[pretrain_sec.model_size], **model}, source, "pretrain.model")
 
     ft = _table(raw, "finetune", source)
     ft_train = _trainer_values(_table(ft, "trainer", source), run, "finetune.trainer", source)

@@ -16,9 +16,10 @@ Stages, each in its own folder of the run directory:
     report/      report.html (self-contained) and summary.json; the summary table is also printed
 
 A stage that completes writes `stage.json` (its fingerprint: a hash of its config and of its inputs' contents and
-fingerprints). A re-run skips every stage whose fingerprint is unchanged, so changing the labeled data re-runs
-fine-tuning, evaluation and the report but not the tokenizer or pretraining. A stage that was interrupted (Ctrl-C,
-a crash, a kill) continues from its last checkpoint when the re-run has the same fingerprint. Once a training stage
+fingerprints). A re-run skips every stage whose fingerprint is unchanged. A training stage whose fingerprint changed is
+replaced only with --overwrite (`Runner`), so changing the labeled data re-runs (with --overwrite) fine-tuning,
+evaluation and the report but not the tokenizer or pretraining. A stage that was interrupted (Ctrl-C, a crash, a kill)
+continues from its last checkpoint when the re-run has the same fingerprint. Once a training stage
 is complete its resumable `last/` checkpoint (with optimizer state) is deleted; `model/` is its result.
 
 
@@ -70,7 +71,7 @@ def check_inputs(cfg: PipelineConfig) -> None:
         ck.resolve(cfg.pretrain.init_from)
     sec = cfg.finetune
     train = read_examples(sec.train, sec.task, **sec.fields())
-    labels = LabelMap.from_examples(train, sec.task)
+    labels = LabelMap.from_examples(train, sec.task, sec.train)
     for path in (sec.validation, sec.test):
         for ex in read_examples(path, sec.task, **sec.fields()):
             if sec.task in ("classify", "pair"):
@@ -88,15 +89,16 @@ def prepare_run_dir(root: Path, cfg: PipelineConfig) -> None:
     marker = root / "pipeline.json"
     if root.exists() and not root.is_dir():
         raise InputError("run directory is a file; choose another --out", path=root)
-    if root.exists() and any(root.iterdir()) and not marker.is_file():
+    if root.exists() and files.dir_entries(root) and not marker.is_file():
         raise InputError("this directory holds files but no pretune run (no pipeline.json); choose another --out",
                          path=root)
-    root.mkdir(parents=True, exist_ok=True)
+    files.lock_dir(root)  # one writer per run directory: a second `pretune run` on it is refused
     files.write_json(marker, {"format_version": FORMAT_VERSION, "config": cfg.source})
     (root / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
 
 
-def start_run(cfg: PipelineConfig, force: bool = False, log=print) -> tuple[Runner, Path, dict, dict]:
+def start_run(cfg: PipelineConfig, force: bool = False, log=print,
+              overwrite: bool = False) -> tuple[Runner, Path, dict, dict]:
     """Check the inputs, set up the run directory, bring the tokenizer, shards and pretraining up to date.
 
     Returns (runner, the checkpoint to fine-tune, its fingerprint, the fingerprint of its architecture)."""
@@ -104,7 +106,7 @@ def start_run(cfg: PipelineConfig, force: bool = False, log=print) -> tuple[Runn
     set_threads(cfg.run.threads)
     root = Path(cfg.run.out).resolve()
     prepare_run_dir(root, cfg)
-    runner = Runner(root, force=force, log=log)
+    runner = Runner(root, force=force, log=log, overwrite=overwrite)
     if cfg.run.skip_pretraining:
         base = ck.resolve(cfg.pretrain.init_from)
     else:
@@ -117,10 +119,11 @@ def start_run(cfg: PipelineConfig, force: bool = False, log=print) -> tuple[Runn
     return runner, base, base_fp, arch_fp
 
 
-def run_pipeline(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
-    """Run (or bring up to date) every stage; returns the summary (also in report/summary.json)."""
+def run_pipeline(cfg: PipelineConfig, force: bool = False, log=print, overwrite: bool = False) -> dict:
+    """Run (or bring up to date) every stage; returns the summary (also in report/summary.json). A training stage
+    made with another config is replaced only with `overwrite` (or `force`)."""
     wall_start = time.perf_counter()
-    runner, base, base_fp, arch_fp = start_run(cfg, force, log)
+    runner, base, base_fp, arch_fp = start_run(cfg, force, log, overwrite)
     stages = runner.stages
     causal = stage_causal(runner, cfg, stages["shards"], stages["pretrain"]) if wants_causal(cfg) else None
     cfg = tuned_config(runner, cfg, base, base_fp)  # [tune] trials > 0: search first, then use the best values
@@ -161,7 +164,7 @@ def compare_stage(runner: Runner, cfg: PipelineConfig, methods: dict, evaluation
     return comparison(table_metric(cfg), rows)
 
 
-def run_comparison(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
+def run_comparison(cfg: PipelineConfig, force: bool = False, log=print, overwrite: bool = False) -> dict:
     """`pretune compare`: only the [compare] stage (no tokenizer, no pretraining) in the run directory, with
     pretune's models when the directory's last report holds them. Returns the comparison (also in
     compare/comparison.json)."""
@@ -170,7 +173,7 @@ def run_comparison(cfg: PipelineConfig, force: bool = False, log=print) -> dict:
     set_threads(cfg.run.threads)
     root = Path(cfg.run.out).resolve()
     prepare_run_dir(root, cfg)
-    runner = Runner(root, force=force, log=log)
+    runner = Runner(root, force=force, log=log, overwrite=overwrite)
     cfg = dataclasses.replace(cfg, compare=dataclasses.replace(cfg.compare, enabled=True))
     alternatives = checkpoint_finetunes(runner, cfg, label_points(cfg))
     evaluation = stage_evaluate(runner, cfg, {n: st for n, (st, _) in alternatives.items()},

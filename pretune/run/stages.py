@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pretune import files
-from pretune.config import NEUTRAL_KEYS
+from pretune.config import NEUTRAL_KEYS, config_diff
 from pretune.errors import InputError
 from pretune.training import checkpoint as ck
 
@@ -58,8 +58,9 @@ class StageResult:
 
 class Runner:
     """Runs stages in a run directory, skipping those whose fingerprint is unchanged and resuming interrupted ones."""
-    def __init__(self, root: Path, force: bool = False, log=print):
+    def __init__(self, root: Path, force: bool = False, log=print, overwrite: bool = False):
         self.root, self.force, self.log = root, force, log
+        self.overwrite = overwrite or force  # replace a training stage made with another config
         self.stages: dict[str, StageResult] = {}
 
     def _marker(self, name: str) -> Path:
@@ -81,12 +82,14 @@ class Runner:
                 self.stages[name] = res
                 return res
         marker = self._marker(name)
+        if can_continue is not None and not self.overwrite:
+            self._refuse_replacing(name, d, inputs, fp)
         resume = (can_continue is not None and not self.force and marker.is_file() and can_continue(d)
                   and read_record(marker).get("fingerprint") == fp)
         if not resume and d.exists():
             shutil.rmtree(d)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        files.write_json(marker, {"fingerprint": fp, "started": now()})
+        files.write_json(marker, {"fingerprint": fp, "started": now(), "inputs": inputs})
         self.log(f"[{name}] {'continuing from its last checkpoint' if resume else 'running'}")
         t0 = time.perf_counter()
         result = work(d, resume)
@@ -101,6 +104,21 @@ class Runner:
         res = StageResult(name, d, fp, result, False, seconds)
         self.stages[name] = res
         return res
+
+
+    def _refuse_replacing(self, name: str, d: Path, inputs: dict, fp: str) -> None:
+        """A training stage (finished, or interrupted with its folder left) made with another config is never
+        replaced silently: say what differs and how to replace it."""
+        done, marker = read_record(d / "stage.json"), read_record(self._marker(name))
+        if done.get("status") == "done" and done.get("fingerprint") != fp:
+            old = done.get("inputs", {})
+        elif marker and marker.get("fingerprint") != fp and d.exists():
+            old = marker.get("inputs", {})
+        else:
+            return
+        diff = config_diff(old, inputs, limit=3) or ["its inputs"]
+        raise InputError(f"stage {name}/ holds a model made with another config ({'; '.join(diff)}); pass "
+                         "--overwrite to replace it and the stages after it, or choose another --out", path=d)
 
 
 def read_record(path: Path) -> dict:

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from pretune.errors import InputError
+from pretune.files import check_output, input_file
 from pretune.text.corpus import Corpus
 from pretune.text.tokenizer import PretuneTokenizer, train_tokenizer
 
@@ -24,8 +24,9 @@ def corpus_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_tokenizer_train(args) -> None:
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise InputError("already exists; pass --overwrite to replace it", path=out)
+    check_output(out, args.overwrite, *args.files)  # a file: never into (or over) a directory, nor over an input
+    for f in args.files:
+        input_file(f, "corpus file")
     t0 = time.perf_counter()
     texts = Corpus(args.files, fmt=args.fmt, field=args.field, doc_split=args.doc_split)
     tok = train_tokenizer(texts, kind=args.kind, vocab_size=args.vocab_size, min_frequency=args.min_frequency,

@@ -8,15 +8,14 @@ the file and 1-based line. `pretrain.shards` turns the documents into token shar
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import os
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from pretune.errors import InputError
+from pretune.files import input_lines
 from pretune.text.parquet import iter_texts
 
 FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
@@ -40,43 +39,22 @@ def detect_format(path: str | os.PathLike) -> str:
     return suffix
 
 
-def _open_binary(path: Path) -> BinaryIO:
-    try:
-        if path.is_dir():
-            raise InputError("is a directory; expected a corpus file", path=path)
-        if path.name.lower().endswith(".gz"):
-            return gzip.open(path, "rb")  # type: ignore[return-value]
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise InputError("file not found", path=path) from None
-    except PermissionError:
-        raise InputError("file is not readable (permission denied)", path=path) from None
-    except OSError as e:
-        raise InputError(f"cannot open file: {e.strerror or e}", path=path) from None
-
-
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) for each line, line terminators kept; invalid UTF-8 -> InputError."""
-    with _open_binary(path) as f:
-        lineno = 0
+    """(1-based line number, text) for each line, line terminators kept; invalid UTF-8 -> InputError. Through
+    `files.input_lines`: a regular file only, each line and the whole file bounded."""
+    for lineno, raw in input_lines(path, "corpus file"):
         try:
-            for lineno, raw in enumerate(f, start=1):
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise InputError(
-                        f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                        "expected a UTF-8 encoded text file",
-                        path=path,
-                        line=lineno,
-                    ) from None
-                if lineno == 1 and text.startswith("\ufeff"):
-                    text = text[1:]  # byte-order mark
-                yield lineno, text
-        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise InputError(f"corrupt or truncated gzip data ({e})", path=path, line=lineno + 1) from None
-        except OSError as e:
-            raise InputError(f"read error: {e.strerror or e}", path=path, line=lineno + 1) from None
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(
+                f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                "expected a UTF-8 encoded text file",
+                path=path,
+                line=lineno,
+            ) from None
+        if lineno == 1 and text.startswith("\ufeff"):
+            text = text[1:]  # byte-order mark
+        yield lineno, text
 
 
 def _txt_documents(path: Path, doc_split: str) -> Iterator[str]:
@@ -122,7 +100,10 @@ def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
 def _delimited_documents(path: Path, field: str, delimiter: str) -> Iterator[str]:
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
     lines = (text for _, text in _decoded_lines(path))
-    reader = csv.reader(lines, delimiter=delimiter, strict=delimiter == ",")  # strict: an unclosed quote is an error
+    if delimiter == "\t":  # TSV: no quoting, one record per line (as the labeled reader): a stray quote in a text
+        reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)  # must not swallow the rows after it
+    else:  # strict: an unclosed quote is an error
+        reader = csv.reader(lines, delimiter=delimiter, strict=True)
     kind = "tsv" if delimiter == "\t" else "csv"
     start = 1  # line on which the current record starts
     try:

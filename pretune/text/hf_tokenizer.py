@@ -12,7 +12,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from pretune.errors import InputError
-from pretune.files import read_json
+from pretune.files import read_input, read_json
 
 MODEL_CONFIG = "config.json"  # a model folder's config (pretune's checkpoints use the same name)
 BERT_TOKENIZERS = ("BertTokenizer", "DistilBertTokenizer")
@@ -36,12 +36,11 @@ def is_hf_folder(path: str | Path) -> bool:
 
 
 def read_text(path: Path) -> str:
+    """A UTF-8 text file (a leading byte-order mark dropped), through `files.read_input`: regular, bounded."""
     try:
-        return path.read_text(encoding="utf-8")
+        return read_input(path).decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from e
-    except OSError as e:
-        raise InputError(f"cannot read file: {e.strerror}", path=path) from e
+        raise InputError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
 
 
 def read_tokenizer_json(path: Path) -> Tokenizer:
@@ -57,7 +56,10 @@ def read_tokenizer_json(path: Path) -> Tokenizer:
     try:
         tok = Tokenizer.from_str(text)
     except Exception as e:  # the Rust side raises a bare Exception
-        raise InputError(f"not a tokenizers tokenizer.json: {e}", path=path) from e
+        raise InputError(f"not a tokenizers tokenizer.json: {e}", path=path) from None
+    if tok.get_vocab_size(with_added_tokens=False) == 0:
+        raise InputError("empty vocabulary (\"model\": {\"vocab\": ...} holds no tokens); expected a trained "
+                         "tokenizer", path=path)
     tok.no_truncation()
     tok.no_padding()
     return tok
@@ -122,10 +124,7 @@ def _optional_json(path: Path) -> dict:
 
 def _read_vocab_lines(path: Path) -> dict[str, int]:
     """vocab.txt as `transformers` reads it: line i (newline stripped) is token i; later duplicates win."""
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read vocabulary ({e})", path=path) from None
+    lines = read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return {token: i for i, token in enumerate(lines)}

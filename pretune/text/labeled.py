@@ -16,7 +16,6 @@ task holds the fields JSONL would, one row per object (`pretune.text.parquet`; i
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import random
@@ -27,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from pretune.errors import InputError
+from pretune.files import input_file, read_input
 from pretune.text.parquet import is_parquet, iter_records
 
 TASKS = ("classify", "pair", "tag", "span")
 NULL_LABEL = "NULL"  # span label of a candidate that is not an entity
 
-_TAG_RE = re.compile(r"^(O|[BI]-.+)$")
+_TAG_RE = re.compile(r"^(O|[BI]-\S+)$")  # no whitespace in a type: "B-PER\xa0" is no new type
 _CONLL_SPLIT = re.compile(r"[ \t]+")
 
 
@@ -59,19 +59,12 @@ def check_task(task: str) -> None:
 
 def _read_text(path: Path) -> tuple[str, str]:
     """Decode `path` as UTF-8 (a .gz file is decompressed); returns (text, suffix without .gz)."""
-    if not path.exists():
-        raise InputError("file not found", path)
-    if path.is_dir():
-        raise InputError("expected a file, found a directory", path)
+    input_file(path, "labeled file")
     if is_parquet(path):  # read row by row in _iter_jsonl
         return "", ".parquet"
-    data = path.read_bytes()
+    data = read_input(path, "labeled file")  # bounded, gunzipped when .gz
     suffix = path.suffix.lower()
     if suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise InputError(f"not a valid gzip file ({e})", path) from None
         suffix = Path(path.stem).suffix.lower()
     try:
         text = data.decode("utf-8-sig")
@@ -199,6 +192,8 @@ def _read_text_task(
             value = row[name]
             if not isinstance(value, str):
                 raise InputError(f"expected a string in '{name}', found {type(value).__name__}", path, line)
+            if not value.strip():
+                raise InputError(f"empty or whitespace-only '{name}'; expected a text", path, line)
             texts.append(value)
         value = row.get(label_field)
         label = None
@@ -267,8 +262,9 @@ def _read_conll(text: str, path: Path, require_labels: bool) -> list[Example]:
             start = lineno
         tokens.append(cols[0])
         if n_cols >= 2:
-            _check_tag(cols[-1], path, lineno)
-            tags.append(cols[-1])
+            tag = cols[-1].strip()  # Unicode whitespace (a no-break space) is no part of a tag
+            _check_tag(tag, path, lineno)
+            tags.append(tag)
     flush()
     return examples
 
@@ -409,8 +405,9 @@ class LabelMap:
         return len(self.names)
 
     @classmethod
-    def from_examples(cls, examples: list[Example], task: str) -> LabelMap:
-        """classify/pair: sorted names; tag: "O", then B-X, I-X per type X (sorted by type); span: "NULL" + sorted."""
+    def from_examples(cls, examples: list[Example], task: str, path: str | Path | None = None) -> LabelMap:
+        """classify/pair: sorted names; tag: "O", then B-X, I-X per type X (sorted by type); span: "NULL" + sorted.
+        A training set with one class (or no entity type) is refused: the model would learn nothing, and score 1.0."""
         check_task(task)
         if task in ("classify", "pair"):
             names = sorted({ex.label for ex in examples if ex.label is not None})
@@ -420,7 +417,12 @@ class LabelMap:
         else:
             names = [NULL_LABEL] + sorted({lab for ex in examples for _, _, lab in ex.spans or []})
         if not names:
-            raise InputError("no labels found in the training examples")
+            raise InputError("no labels found in the training examples", path)
+        if task in ("classify", "pair") and len(names) < 2:
+            raise InputError(f"the training set has one label ({names[0]!r}); expected at least two classes", path)
+        if task in ("tag", "span") and len(names) < 2:
+            what = "every tag is O" if task == "tag" else "no example has a span"
+            raise InputError(f"the training set has no entity type ({what}); expected at least one", path)
         return cls(names)
 
     def index(self, name: str, path: str | Path | None = None, line: int | None = None) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pretune.errors import InputError
+from pretune.files import input_file
 
 SUFFIX = ".parquet"
 BATCH_ROWS = 1024  # rows decoded at a time (never more than one row group)
@@ -26,10 +27,7 @@ def _open(path: Path):
     import pyarrow  # imported here: only parquet input pays for it
     import pyarrow.parquet as pq
 
-    if path.is_dir():
-        raise InputError("is a directory; expected a .parquet file", path=path)
-    if not path.exists():
-        raise InputError("file not found", path=path)
+    input_file(path, "parquet file")
     try:
         return pq.ParquetFile(path)
     except (pyarrow.ArrowException, OSError) as e:

@@ -28,7 +28,7 @@ from tokenizers import (
 )
 
 from pretune.errors import InputError
-from pretune.files import write_text
+from pretune.files import input_file, write_text
 from pretune.text.hf_tokenizer import is_hf_folder, read_hf_tokenizer, read_text, read_tokenizer_json
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 when trained
@@ -159,7 +159,9 @@ class PretuneTokenizer:
                 raise InputError(
                     "directory holds no tokenizer: expected tokenizer.json or vocab.txt in it", path=p
                 )
-        elif not p.is_file():
+        elif p.exists():
+            input_file(p, "tokenizer file")  # a FIFO or a device: refused, never read
+        else:
             raise InputError(
                 "tokenizer file not found: expected a tokenizer.json, a vocab.txt or a directory", path=p
             )

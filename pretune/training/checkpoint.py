@@ -7,6 +7,7 @@ safetensors only; the optimizer state is a torch file of tensors and plain conta
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +33,18 @@ REQUIRED_MODEL_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "
 def save_weights(path: Path, model: torch.nn.Module | dict[str, torch.Tensor]) -> None:
     """model.safetensors from a model (its state_dict) or a state dict."""
     state = model.state_dict() if isinstance(model, torch.nn.Module) else model
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+    except SafetensorError as e:  # a full disk surfaces here as a SafetensorError: an OSError to write_dir_atomic
+        raise OSError(errno.EIO, f"cannot write the weights ({e})", str(path)) from None
 
 
 def write_model_files(directory: Path, model: torch.nn.Module | dict[str, torch.Tensor], config: dict,
                       tokenizer: PretuneTokenizer) -> None:
     """config.json (+ format_version), model.safetensors and tokenizer.json into `directory`: a usable checkpoint.
     `model` is a model or its state dict (a converted Hugging Face folder)."""
-    write_json(directory / CONFIG, {"format_version": FORMAT_VERSION, **config})
+    write_json(directory / CONFIG, {"format_version": FORMAT_VERSION, **config,
+                                    "tokenizer_vocab_size": tokenizer.vocab_size})
     save_weights(directory / WEIGHTS, model)
     tokenizer.save(directory / TOKENIZER)
 
@@ -103,7 +108,17 @@ class Checkpoint:
         file = self.path / TOKENIZER
         if not file.is_file():
             raise InputError(f"checkpoint has no {TOKENIZER}: it cannot encode text", path=self.path)
-        return PretuneTokenizer.load(file)
+        tok = PretuneTokenizer.load(file)
+        recorded = self.config.get("tokenizer_vocab_size")
+        if isinstance(recorded, int) and recorded != tok.vocab_size:
+            raise InputError(f"the tokenizer has {tok.vocab_size} tokens, but the checkpoint was written with one of "
+                             f"{recorded} (config.json tokenizer_vocab_size): not its own tokenizer", path=file)
+        model = self.config.get("model")
+        size = model.get("vocab_size") if isinstance(model, dict) else None
+        if isinstance(size, int) and 1 <= size < tok.vocab_size:  # size < 1: model_config() says so
+            raise InputError(f"the tokenizer has {tok.vocab_size} tokens, more than the model's vocabulary of {size} "
+                             "(config.json model.vocab_size): ids beyond it have no embedding", path=file)
+        return tok
 
     def model_config(self) -> ModelConfig:
         """The `model` object of config.json as a validated ModelConfig; the architecture keys are required."""
@@ -156,6 +171,14 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Pa
     """Load weights with clear errors for wrong shapes and missing keys. Returns missing keys when not strict.
     `check_only`: report problems, load nothing (the caller loads, e.g. into FSDP shards)."""
     own = model.state_dict()
+
+    def name(t: torch.Tensor) -> str:
+        return str(t.dtype).removeprefix("torch.")
+
+    kinds = [f"{k}: checkpoint {name(v)} vs model {name(own[k])}" for k, v in state.items()
+             if k in own and v.is_floating_point() != own[k].is_floating_point()]
+    if kinds:  # int64 / bool tensors where the model has float weights (or the reverse): not this model's weights
+        raise InputError(f"weights of the wrong kind: {'; '.join(kinds[:3])}", path=source)
     wrong = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in state.items()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pretune.config import bounds, check_numbers
 from pretune.errors import InputError
 from pretune.training import distributed as dist
 
@@ -18,31 +19,32 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass
 class TrainConfig:
-    max_steps: int = field(default=1000, metadata={"help": "optimizer steps (pretraining) or a cap (fine-tuning)"})
-    batch_size: int = field(default=32, metadata={"help": "sequences per device per micro-batch"})
-    grad_accum: int = 1
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-6
-    warmup_ratio: float = 0.06
-    warmup_steps: int | None = None
+    max_steps: int = field(default=1000, metadata=bounds(
+        ge=1, help="optimizer steps (pretraining) or a cap (fine-tuning)"))
+    batch_size: int = field(default=32, metadata=bounds(ge=1, help="sequences per device per micro-batch"))
+    grad_accum: int = field(default=1, metadata=bounds(ge=1))
+    lr: float = field(default=5e-4, metadata=bounds(gt=0))
+    weight_decay: float = field(default=0.01, metadata=bounds(ge=0))
+    adam_beta1: float = field(default=0.9, metadata=bounds(ge=0, lt=1))
+    adam_beta2: float = field(default=0.999, metadata=bounds(ge=0, lt=1))
+    adam_eps: float = field(default=1e-6, metadata=bounds(gt=0))
+    warmup_ratio: float = field(default=0.06, metadata=bounds(ge=0, lt=1))
+    warmup_steps: int | None = field(default=None, metadata=bounds(ge=0))
     schedule: str = field(default="linear", metadata={
         "help": "after warm-up: linear | cosine decay to 0, constant, or wsd (warmup-stable-decay: constant, then a "
                 "linear decay to 0 over the last fifth of max_steps)"})
-    clip_norm: float = 1.0
-    eval_every: int = 200
-    eval_batches: int = 50
-    save_every: int = 500
-    log_every: int = 20
+    clip_norm: float = field(default=1.0, metadata=bounds(ge=0))  # 0: no clipping
+    eval_every: int = field(default=200, metadata=bounds(ge=1))
+    eval_batches: int = field(default=50, metadata=bounds(ge=1))
+    save_every: int = field(default=500, metadata=bounds(ge=1))
+    log_every: int = field(default=20, metadata=bounds(ge=1))
     precision: str = "auto"
     device: str = "auto"
-    seed: int = 0
+    seed: int = field(default=0, metadata=bounds(ge=0, le=2**63 - 1))
     progress: bool = True
     on_nan: str = "stop"  # stop | skip
-    stop_after: int | None = field(default=None, metadata={
-        "help": "end this invocation after this step (checkpoint saved); --resume continues on max_steps' schedule"})
+    stop_after: int | None = field(default=None, metadata=bounds(ge=1, help=
+        "end this invocation after this step (checkpoint saved); --resume continues on max_steps' schedule"))
     compile: bool = False
     fsdp: bool = field(default=False, metadata={
         "help": "under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP"})
@@ -51,11 +53,7 @@ class TrainConfig:
         def bad(msg):
             return InputError(f"[train] {msg}", path=source)
 
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise bad(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise bad(f"lr must be > 0, got {self.lr}")
+        check_numbers(self, source, "[train] ")
         if self.schedule not in SCHEDULES:
             raise bad(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
@@ -64,8 +62,6 @@ class TrainConfig:
             raise bad(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.on_nan not in ("stop", "skip"):
             raise bad(f"on_nan must be stop or skip, got {self.on_nan!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise bad("warmup_ratio must be in [0, 1)")
         return self
 
     def warmup(self) -> int:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pretune.errors import InputError
-from pretune.files import METRICS_LOG, read_metrics, recover_dir, write_dir_atomic, write_text
+from pretune.files import METRICS_LOG, read_metrics, recover_dir, write_dir_atomic, write_json, write_text
 from pretune.training import distributed as dist
 from pretune.training.batches import BatchSource, count_tokens, move, row_count
 from pretune.training.checkpoint import OPTIMIZER, TRAINER_STATE, load_checkpoint, load_into
@@ -83,6 +83,7 @@ class Trainer:
         summarize: Callable[[dict], dict] | None = None,
         loss_weight: Callable[[dict], float] = row_count,
         on_evaluate: Callable[[int, dict[str, float]], None] | None = None,
+        run_record: dict | None = None,
     ):
         self.cfg, self.out = cfg, Path(out_dir)
         self.device = resolve_device(cfg.device)
@@ -108,6 +109,7 @@ class Trainer:
         self._stop_signal: int | None = None  # a signal this process received
         self._stopping = False  # some rank received one: every rank checkpoints and stops after this step
         self.events = None  # the TensorBoard EventLog of the main rank while fit() runs
+        self.run_record = run_record  # written to run.json once a resume has checked the checkpoint
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -116,6 +118,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
+        if self.run_record is not None and dist.is_main():
+            write_json(self.out / "run.json", self.run_record)
         end = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
         last_eval: dict | None = None
         stopped_early = False
@@ -357,6 +361,19 @@ class Trainer:
         state, opt = ckpt.trainer_state(), ckpt.optimizer_state()
         if state is None or opt is None:
             raise InputError("cannot resume: the checkpoint has no trainer state", path=ckpt.path)
+        state_file = ckpt.path / TRAINER_STATE
+        step = state.get("step")
+        if (isinstance(step, bool) or not isinstance(step, int) or step < 0
+                or not isinstance(state.get("batches"), dict)):
+            raise InputError('damaged trainer state: expected {"step": <int >= 0>, "batches": {...}, ...}',
+                             path=state_file)
+        if step > self.cfg.max_steps:
+            raise InputError(f"cannot resume: the checkpoint is at step {step}, beyond max_steps "
+                             f"{self.cfg.max_steps}; raise max_steps to continue it (its model is in model/)",
+                             path=state_file)
+        if not isinstance(opt, dict) or not {"optimizer", "scheduler", "rng_torch"} <= set(opt):
+            raise InputError("damaged optimizer state: expected the optimizer, scheduler and RNG states",
+                             path=ckpt.path / OPTIMIZER)
         load_into(self.model, ckpt.state_dict, ckpt.path, check_only=dist.is_fsdp(self.train_model))
         if dist.is_fsdp(self.train_model):
             dist.load_full_state_dict(self.loss_module, ckpt.state_dict)
@@ -366,21 +383,24 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise InputError(f"cannot resume: the optimizer state does not fit this model ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''})", path=ckpt.path / OPTIMIZER) from None
-        self.step = int(state["step"])
-        if dist.world_size() == 1:
-            torch.set_rng_state(opt["rng_torch"])
-            if opt.get("rng_cuda") and torch.cuda.is_available() and state.get("world_size", 1) == 1:
-                torch.cuda.set_rng_state_all(opt["rng_cuda"])
-        else:  # one saved generator cannot serve every rank: derive each rank's from the step
-            torch.manual_seed(_rank_seed(self.cfg.seed, self.step))
-        saved_batch = state["batches"].get("global_batch", self.batches.global_batch)
-        if saved_batch != self.batches.global_batch and dist.is_main():
-            print(f"pretune: note: the checkpoint was written with global batches of {saved_batch} sequences "
-                  f"({state.get('world_size', 1)} ranks), this run uses {self.batches.global_batch} "
-                  f"({dist.world_size()} ranks); the epoch goes on after the items already seen", file=sys.stderr)
-        self.batches.load_state_dict(state["batches"])
-        self.best, self.bad_evals = state.get("best"), int(state.get("bad_evals", 0))
-        self.skipped = int(state.get("skipped_batches", 0))
+        self.step = step
+        try:
+            if dist.world_size() == 1:
+                torch.set_rng_state(opt["rng_torch"])
+                if opt.get("rng_cuda") and torch.cuda.is_available() and state.get("world_size", 1) == 1:
+                    torch.cuda.set_rng_state_all(opt["rng_cuda"])
+            else:  # one saved generator cannot serve every rank: derive each rank's from the step
+                torch.manual_seed(_rank_seed(self.cfg.seed, self.step))
+            saved_batch = state["batches"].get("global_batch", self.batches.global_batch)
+            if saved_batch != self.batches.global_batch and dist.is_main():
+                print(f"pretune: note: the checkpoint was written with global batches of {saved_batch} sequences "
+                      f"({state.get('world_size', 1)} ranks), this run uses {self.batches.global_batch} "
+                      f"({dist.world_size()} ranks); the epoch goes on after the items already seen", file=sys.stderr)
+            self.batches.load_state_dict(state["batches"])
+            self.best, self.bad_evals = state.get("best"), int(state.get("bad_evals", 0))
+            self.skipped = int(state.get("skipped_batches", 0))
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise InputError(f"damaged trainer state ({type(e).__name__}: {e})", path=state_file) from None
         self._truncate_log()
 
     def _truncate_log(self) -> None:

@@ -48,8 +48,8 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 def check_options(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
     if max_new_tokens < 0:
         raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise InputError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not temperature >= 0 or temperature == float("inf"):  # nan compares false
+        raise InputError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise InputError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
