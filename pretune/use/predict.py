@@ -110,7 +110,7 @@ def read_inputs(path: str | Path, task: str, fields: dict | None = None) -> tupl
         if raw_lines is not None:
             records.append(json.loads(raw_lines[ex.line - 1]))
         elif task == "seqtag":
-            rec = {fields.get("text_field") or "sequence": ex.text}
+            records.append({fields.get("text_field") or "sequence": ex.text})
         elif task in ("classify", "pair"):
             rec = {fields.get("text_field") or ("text_a" if task == "pair" else "text"): ex.text}
             if task == "pair":
