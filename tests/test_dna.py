@@ -248,3 +248,15 @@ def test_tiny_end_to_end_cli_run_on_the_bundled_slice(tmp_path):
     preds = [json.loads(ln) for ln in (d / "pred.jsonl").read_text().splitlines()]
     assert [len(p["prediction"]["labels"]) for p in preds] == [1000, 8]
     assert preds[1]["sequence"] == "ACGTTGCA" and set(preds[0]["prediction"]["labels"]) <= set("N+-")
+
+
+def test_codon_frame_features_count_trinucleotides_per_frame():
+    from pretune.compare.seqclassic import codon_frame_features
+
+    seq = "ATG" * 20
+    f = codon_frame_features(seq, half=6).reshape(len(seq), 3, 64)
+    atg, tga, gat = 16 * 0 + 4 * 3 + 2, 16 * 3 + 4 * 2 + 0, 16 * 2 + 4 * 0 + 3
+    i = 30  # an A: frame 0 sees ATG (positions i, i+-3, i+-6), frame 1 TGA, frame 2 GAT
+    assert f[i, 0, atg] * (13 / 3) == 5 and f[i, 1, tga] * (13 / 3) == 4 and f[i, 2, gat] * (13 / 3) == 4
+    assert f[i].sum() * (13 / 3) == 13  # nothing else counted
+    assert np.allclose(codon_frame_features("NNNNN", 2), 0)  # unknown nucleotides count as nothing
