@@ -159,6 +159,20 @@ def test_k_mer_tokens_project_labels_back_to_nucleotides():
     assert ids.tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 0, 1]
 
 
+def test_kmer_tokenizer_labels_go_back_to_every_nucleotide():
+    seq, labs = "ACGTACGTACGTAC", "NNN+++++++--NN"
+    tok = train_tokenizer([seq, "GGGTTTCCCAAA"], kind="kmer3")
+    assert tok.encode(seq).tokens == ["ACG", "TAC", "GTA", "CGT", "AC"]
+    ex = Example(line=1, text=seq, tags=list(labs))
+    labels = LabelMap(["N", "+", "-"])
+    features, _ = encode_sequences([ex], tok, labels, max_len=5, overlap=1)  # windows of 3 k-mers
+    assert len(features) == 2
+    outputs = [np.eye(3, dtype=np.float32)[[lab for lab in f["labels"] if lab != IGNORE]] for f in features]
+    (ids, _), = merge_windows(3, [ex], features, outputs)
+    # each k-mer is trained on (and gives back) the label of its first nucleotide
+    assert "".join(labels.names[i] for i in ids) == "NNN+++++++++NN"
+
+
 # ---------------------------------------------------------------------------------------------------- augmentation
 
 
