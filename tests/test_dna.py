@@ -184,6 +184,10 @@ def test_reverse_complement_swaps_strands():
     assert back == "AACGTn" and tags2 == list("NN++-N")
     named = strand_swap(parse_label_map("N=non-coding,+=fwd,-=rev"))
     assert named == {"fwd": "rev", "rev": "fwd"}
+    assert strand_swap(parse_label_map("0=non-coding,1=cds+,2=cds-")) == {"cds+": "cds-", "cds-": "cds+"}
+    with pytest.raises(InputError, match="reverse_complement needs to know the strands"):
+        FinetuneSection(task="seqtag", checkpoint="c", train="t", validation="v", out="o", label_map="0=a,1=b",
+                        reverse_complement=True).validate()
 
 
 # ---------------------------------------------------------------------------------------------------- metrics

@@ -10,7 +10,7 @@ from pretune.config import load_sections
 from pretune.errors import InputError
 from pretune.finetune.tasks import TASKS, get_task
 from pretune.model.heads import POOLING
-from pretune.text.sequences import parse_label_map
+from pretune.text.sequences import parse_label_map, strand_swap
 from pretune.training.config import TrainConfig
 
 FREEZE_RE = re.compile(r"^(none|embeddings|body|all-but-last-(\d+))$")
@@ -129,7 +129,9 @@ class FinetuneSection:
         seq_keys = [k for k in ("label_map", "window_overlap", "reverse_complement") if getattr(self, k)]
         if self.task != "seqtag" and seq_keys:
             raise bad(f"{seq_keys[0]} applies to task seqtag only")
-        parse_label_map(self.label_map, source)
+        names = parse_label_map(self.label_map, source)
+        if self.reverse_complement:
+            strand_swap(names, source)
         if self.window_overlap is not None and not 0 <= self.window_overlap <= (self.max_len - 2) // 2:
             raise bad(f"window_overlap must be in [0, {(self.max_len - 2) // 2}] (half a window of max_len "
                       f"{self.max_len}), got {self.window_overlap}")

@@ -70,11 +70,20 @@ def reverse_complement(sequence: str, tags: list[str] | None, swap: dict[str, st
     return seq, [swap.get(t, t) for t in reversed(tags)]
 
 
-def strand_swap(label_map: dict[str, str]) -> dict[str, str]:
-    """Label names to exchange on the other strand: those of the characters ``+`` and ``-`` (via the label map)."""
-    name = {c: label_map.get(c, c) for c in STRAND_SWAP} if label_map else dict(zip(STRAND_SWAP, STRAND_SWAP,
-                                                                                  strict=True))
-    return {name["+"]: name["-"], name["-"]: name["+"]}
+def strand_swap(label_map: dict[str, str], source: str | Path | None = None) -> dict[str, str]:
+    """Label names to exchange on the other strand: those of the label characters ``+`` and ``-``, or, when the map
+    has neither, names that differ only in a final ``+`` / ``-`` (``cds+`` and ``cds-``)."""
+    if not label_map:
+        return dict(STRAND_SWAP)
+    if "+" in label_map and "-" in label_map:
+        return {label_map["+"]: label_map["-"], label_map["-"]: label_map["+"]}
+    names = set(label_map.values())
+    swap = {n: n[:-1] + STRAND_SWAP[n[-1]] for n in names if n[-1:] in STRAND_SWAP and
+            n[:-1] + STRAND_SWAP[n[-1]] in names}
+    if not swap:
+        raise InputError("reverse_complement needs to know the strands: label characters + and -, or label_map "
+                         "names ending in + and - (e.g. 1=cds+,2=cds-)", path=source)
+    return swap
 
 
 def runs(values: list, skip=None) -> list[tuple[int, int, object]]:
