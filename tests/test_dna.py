@@ -86,6 +86,8 @@ def test_unequal_lengths_name_the_file_row_and_both_lengths(tmp_path):
                             "character")
     assert main(["finetune", "--task", "seqtag", "--from", str(tmp_path), "--train", str(path), "--validation",
                  str(path), "--out", str(tmp_path / "o")]) == 2
+    with pytest.raises(InputError, match="d.tsv:1: a 'sequence labels' header: a label per character is task seqtag"):
+        read_examples(path, "tag")
 
 
 def test_seqtag_config_is_checked_at_load():
@@ -258,6 +260,10 @@ def test_tiny_end_to_end_cli_run_on_the_bundled_slice(tmp_path):
     assert report["labels"] == ["N", "+", "-"] and report["support"] == len(test_labels)
     assert {"accuracy", "segment_f1", "per_class", "per_segment_label"} <= set(report)
     assert len(report["predictions"][0]["labels"]) == len(test_labels)
+    assert main(["evaluate", "--from", str(d / "ft" / "model"), "--data", str(DNA / "test.tsv.gz"),
+                 "--out", str(d / "eval.json")]) == 0
+    again = json.loads((d / "eval.json").read_text())
+    assert again["accuracy"] == report["accuracy"] and again["segment_f1"] == report["segment_f1"]
     # predict on raw sequences: one label per nucleotide, whatever the length
     seqs = [dna_rows(DNA / "validation.tsv.gz")[0]["sequence"][:1000], "ACGTTGCA"]
     (d / "raw.txt").write_text("\n".join(seqs) + "\n")

@@ -259,6 +259,8 @@ def _read_conll(text: str, path: Path, require_labels: bool) -> list[Example]:
         if cols[0] == "-DOCSTART-":
             flush()
             continue
+        if n_cols == 0 and [c.lower() for c in cols] == ["sequence", "labels"]:
+            raise InputError("a 'sequence labels' header: a label per character is task seqtag", path, lineno)
         if n_cols == 0:
             n_cols, first_token_line = len(cols), lineno
             if n_cols < 2 and require_labels:
