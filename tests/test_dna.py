@@ -93,6 +93,10 @@ def test_unequal_lengths_name_the_file_row_and_both_lengths(tmp_path):
 def test_seqtag_config_is_checked_at_load():
     base = dict(task="seqtag", checkpoint="c", train="t", validation="v", out="o")
     FinetuneSection(**base, window_overlap=31, max_len=64).validate()
+    with pytest.raises(InputError, match="smooth must be >= 0"):
+        FinetuneSection(**base, smooth=-1).validate()
+    assert "smooth" not in FinetuneSection(**base).validate().head_options()  # off: checkpoints' heads unchanged
+    assert FinetuneSection(**base, smooth=31).validate().head_options()["smooth"] == 31
     with pytest.raises(InputError, match="window_overlap must be in"):
         FinetuneSection(**base, window_overlap=32, max_len=64).validate()
     with pytest.raises(InputError, match="label_map applies to task seqtag only"):
@@ -149,6 +153,22 @@ def test_long_sequences_round_trip_through_windows_per_nucleotide():
     outputs = [np.eye(3, dtype=np.float32)[[lab for lab in f["labels"] if lab != IGNORE]] for f in features]
     (ids, _), = merge_windows(3, [ex], features, outputs)
     assert "".join(labels.names[i] for i in ids) == rows[0]["labels"]
+
+
+def test_smoothing_removes_short_flips_and_keeps_long_runs():
+    n = 60
+    truth = np.array([0] * 20 + [1] * 40)
+    noisy = truth.copy()
+    noisy[30:33] = 0  # a 3-nt flip inside the + run
+    probs = np.eye(2, dtype=np.float32)[noisy] * 0.8 + 0.1
+    ex = Example(line=1, text="A" * n)
+
+    def merged(width: int) -> np.ndarray:
+        feat = {"example": 0, "token_offset": 0, "n_tokens": n, "char_token": np.arange(n), "smooth": width}
+        return merge_windows(2, [ex], [feat], [probs])[0][0]
+
+    assert (merged(0) == noisy).all()
+    assert (merged(9) == truth).all()  # the flip is gone, the real boundary at 20 stays where it was
 
 
 def test_k_mer_tokens_project_labels_back_to_nucleotides():

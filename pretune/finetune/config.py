@@ -35,6 +35,9 @@ class FinetuneSection:
                 "0=non-coding,1=cds+,2=cds- or N,+,- (default: the characters, the most frequent first)"})
     window_overlap: int | None = field(default=None, metadata={
         "help": "seqtag: tokens shared by neighbouring windows of a long sequence (default: a quarter of max_len)"})
+    smooth: int = field(default=0, metadata={
+        "help": "seqtag: average each character's label probabilities over this many characters before choosing "
+                "its label (0: off): fewer, longer segments"})
     reverse_complement: bool = field(default=False, metadata={
         "help": "seqtag: also train on the reverse complement of every training sequence (labels reversed, the "
                 "label characters + and - swapped)"})
@@ -126,7 +129,9 @@ class FinetuneSection:
         return self
 
     def _validate_seqtag(self, bad, source) -> None:
-        seq_keys = [k for k in ("label_map", "window_overlap", "reverse_complement") if getattr(self, k)]
+        seq_keys = [k for k in ("label_map", "window_overlap", "reverse_complement", "smooth") if getattr(self, k)]
+        if self.smooth < 0:
+            raise bad(f"smooth must be >= 0 characters, got {self.smooth}")
         if self.task != "seqtag" and seq_keys:
             raise bad(f"{seq_keys[0]} applies to task seqtag only")
         names = parse_label_map(self.label_map, source)

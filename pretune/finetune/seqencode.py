@@ -5,7 +5,8 @@ Every character belongs to the token whose offsets start at or before it (with a
 token per character; with k-mers or subwords: the token covering it). A token is trained on the label of its first
 character and its prediction is given to every character it covers. Sequences longer than max_len - 2 tokens
 are cut into windows that share `overlap` tokens; each token takes its prediction from the window where it lies
-farthest from a cut edge.
+farthest from a cut edge. With `smooth` > 1 each character's label probabilities are averaged over the `smooth`
+characters around it before the argmax (fewer, longer segments).
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ def sequence_windows(n: int, cap: int, overlap: int) -> list[tuple[int, int]]:
 
 
 def encode_sequences(examples: list[Example], tokenizer: Any, labels: LabelMap | None, max_len: int, overlap: int,
-                     source: str | Path | None = None) -> tuple[list[dict], EncodeStats]:
+                     source: str | Path | None = None, smooth: int = 0) -> tuple[list[dict], EncodeStats]:
     """One feature per window: input_ids [CLS] tokens [SEP], "labels" (the token's first character's label id;
     -100 at [CLS]/[SEP]; absent without labels), "token_offset", "example"; the first window of each example also
-    carries "char_token" (see `char_to_token`) and "n_tokens"."""
+    carries "char_token" (see `char_to_token`), "n_tokens" and "smooth" (for `merge_windows`)."""
     if max_len < 3:
         raise InputError(f"max_len {max_len} is too small for task 'seqtag'")
     cls_id, sep_id = int(tokenizer.specials.cls), int(tokenizer.specials.sep)
@@ -80,9 +81,20 @@ def encode_sequences(examples: list[Example], tokenizer: Any, labels: LabelMap |
             if token_labels is not None:
                 feat["labels"] = [IGNORE, *token_labels[a:b], IGNORE]
             if w == 0:
-                feat["char_token"], feat["n_tokens"] = char_token, len(ids)
+                feat["char_token"], feat["n_tokens"], feat["smooth"] = char_token, len(ids), smooth
             features.append(feat)
     return features, stats
+
+
+def smooth_probs(probs: np.ndarray, width: int) -> np.ndarray:
+    """[n, K] -> the mean of each row's `width` neighbours (centred; fewer at the ends). width <= 1: unchanged."""
+    if width <= 1 or len(probs) == 0:
+        return probs
+    n = len(probs)
+    cum = np.concatenate([np.zeros((1, probs.shape[1]), dtype=np.float64), np.cumsum(probs, axis=0, dtype=np.float64)])
+    pos = np.arange(n)
+    lo, hi = np.maximum(pos - width // 2, 0), np.minimum(pos + (width - 1) // 2 + 1, n)
+    return ((cum[hi] - cum[lo]) / (hi - lo)[:, None]).astype(np.float32)
 
 
 def merge_windows(n_labels: int, examples: list[Example], features: list[dict], outputs: list) -> list:
@@ -90,6 +102,7 @@ def merge_windows(n_labels: int, examples: list[Example], features: list[dict], 
     token probabilities of each window ([n_window_tokens, K] per feature)."""
     n_tokens = {f["example"]: f["n_tokens"] for f in features if "n_tokens" in f}
     char_token = {f["example"]: f["char_token"] for f in features if "char_token" in f}
+    smooth = {f["example"]: int(f.get("smooth", 0)) for f in features if "char_token" in f}
     probs = {i: np.zeros((n, n_labels), dtype=np.float32) for i, n in n_tokens.items()}
     best = {i: np.full(n, -1, dtype=np.int64) for i, n in n_tokens.items()}
     for f, p in zip(features, outputs, strict=True):
@@ -104,7 +117,6 @@ def merge_windows(n_labels: int, examples: list[Example], features: list[dict], 
         best[i][a: a + m][take] = score[take]
     merged = []
     for i in range(len(examples)):
-        token_pred = probs[i].argmax(-1)
-        token_prob = probs[i].max(-1)
-        merged.append((token_pred[char_token[i]], token_prob[char_token[i]]))
+        chars = smooth_probs(probs[i][char_token[i]], smooth[i])  # [n_chars, K]
+        merged.append((chars.argmax(-1), chars.max(-1)))
     return merged

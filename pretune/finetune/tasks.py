@@ -343,7 +343,7 @@ class SeqTag(Task):
 
     def head_options(self, sec) -> dict:
         overlap = sec.window_overlap if sec.window_overlap is not None else sec.max_len // 4
-        return {"window_overlap": overlap}
+        return {"window_overlap": overlap, **({"smooth": sec.smooth} if sec.smooth > 1 else {})}
 
     def head(self, cfg: ModelConfig, labels: list[str], options: dict) -> nn.Module:
         return TokenClassificationHead(cfg, len(labels))
@@ -351,7 +351,7 @@ class SeqTag(Task):
     def encode(self, examples: list[Example], tok, labels: LabelMap | None, max_len: int, options: dict,
                source: str | Path | None = None) -> tuple[list[dict], EncodeStats]:
         overlap = int(options.get("window_overlap", max_len // 4))
-        return encode_sequences(examples, tok, labels, max_len, overlap, source)
+        return encode_sequences(examples, tok, labels, max_len, overlap, source, int(options.get("smooth", 0)))
 
     def length_warnings(self, stats: EncodeStats, where: Path, max_len: int) -> list[str]:
         return []  # long sequences are the rule here; windows are merged back per character
