@@ -56,7 +56,8 @@ class Model:
 
     def predict(self, inputs: Sequence, batch_size: int = 32) -> list[dict]:
         """One prediction per input, in order. classify: texts; pair: (a, b) tuples; tag / span: texts (split into
-        words) or word lists. Each: {"label", "probs"} / {"tags", "probs"} / {"spans": [{"start", "end", ...}]}."""
+        words) or word lists; seqtag: sequences. Each: {"label", "probs"} / {"tags", "probs"} / {"spans": [{"start",
+        "end", ...}]} / {"labels" (one per character), "segments", "mean_prob"}."""
         return predict(self._task_parts(), inputs, batch_size=batch_size)
 
     def embed(self, texts: Sequence[str], pool: str = "cls", layers: str = "last", batch_size: int = 32,

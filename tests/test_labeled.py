@@ -50,7 +50,7 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
 
 
 def test_tasks_constant():
-    assert TASKS == ("classify", "pair", "tag", "span")
+    assert TASKS == ("classify", "pair", "tag", "span", "seqtag")
 
 
 def test_classify_csv_with_quoted_multiline_field(tmp_path):

@@ -6,6 +6,7 @@ classify / pair: TF-IDF (word 1-2-grams + char_wb 2-5-grams, sublinear tf) + log
 tag: a linear-chain CRF (sklearn-crfsuite, L-BFGS) over word features of the word and its neighbours.
 span: the same CRF over the outermost spans written as BIO tags; spans inside another span (and spans that cross
 an outermost one) can never be predicted, and the result says how many of the gold spans that is.
+seqtag: codon-frame counts + logistic regression per nucleotide (`pretune.compare.seqclassic`).
 
 Every hyperparameter (C; c1/c2) is chosen on the validation set only: each grid value is fit on train, and the
 model of the value with the best validation score is the one evaluated on test.
@@ -25,6 +26,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion
 from threadpoolctl import threadpool_limits
 
+from pretune.compare.seqclassic import METHOD as SEQ_METHOD
+from pretune.compare.seqclassic import fit_codon_lr
 from pretune.errors import InputError
 from pretune.evaluate.metrics import classification_report, entity_report, entity_spans, span_report
 from pretune.text.labeled import Example
@@ -32,8 +35,9 @@ from pretune.text.labeled import Example
 C_GRID = (1.0, 10.0, 100.0, 1000.0)  # TF-IDF: 100 won at 10/30/100% of the supersense labels in (0.1 ... 100)
 SOLVER = "newton-cg"  # TF-IDF: same scores as lbfgs, 3-7x faster (2,000 supersense labels)
 CRF_GRID = ((0.05, 0.01), (0.05, 0.1), (0.25, 0.01), (0.25, 0.1))  # (c1, c2)
-METRIC = {"classify": "accuracy", "pair": "accuracy", "tag": "f1", "span": "f1"}  # what validation maximises
-METHOD = {"classify": "TF-IDF + LR", "pair": "TF-IDF + LR", "tag": "CRF", "span": "CRF"}
+METRIC = {"classify": "accuracy", "pair": "accuracy", "tag": "f1", "span": "f1",
+          "seqtag": "accuracy"}  # what validation maximises
+METHOD = {"classify": "TF-IDF + LR", "pair": "TF-IDF + LR", "tag": "CRF", "span": "CRF", "seqtag": SEQ_METHOD}
 
 
 # ---- choosing a hyperparameter on validation ---------------------------------------------------------------------
@@ -248,4 +252,6 @@ def fit_classic(task: str, train: Sequence[Example], val: Sequence[Example], tes
         return fit_tfidf_lr(task, train, val, test, labels, seed)
     if task in ("tag", "span"):
         return fit_crf(task, train, val, test)
-    raise InputError(f"unknown task '{task}' (expected one of: classify, pair, tag, span)")
+    if task == "seqtag":
+        return fit_codon_lr(train, val, test, labels, seed)
+    raise InputError(f"unknown task '{task}' (expected one of: classify, pair, tag, span, seqtag)")

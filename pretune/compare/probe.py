@@ -117,7 +117,8 @@ def fit_probe(checkpoint, task: str, train: Sequence[Example], val: Sequence[Exa
     tuple) on `task`: the same result dict as `fit_classic` with method "linear probe" and params {"C": ...};
     "fit_seconds" includes encoding the three sets."""
     if task not in ("classify", "pair", "tag", "span"):
-        raise InputError(f"unknown task '{task}' (expected one of: classify, pair, tag, span)")
+        raise InputError(f"a linear probe supports the tasks classify, pair, tag and span, not '{task}' (set "
+                         "[compare] probe = false)")
     start = time.perf_counter()
     loaded = checkpoint if isinstance(checkpoint, tuple) else load_body(checkpoint, device)
     if task in ("classify", "pair"):

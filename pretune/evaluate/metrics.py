@@ -13,10 +13,10 @@ import numpy as np
 
 from pretune.errors import InputError
 
-__all__ = ["classification_report", "entity_spans", "entity_report", "span_report", "format_report",
-           "headline_metrics"]
+__all__ = ["classification_report", "entity_spans", "entity_report", "span_report", "sequence_report",
+           "format_report", "headline_metrics"]
 
-HEADLINE_KEYS = ("accuracy", "macro_f1", "micro_f1", "f1", "precision", "recall")  # in display order
+HEADLINE_KEYS = ("accuracy", "macro_f1", "micro_f1", "f1", "precision", "recall", "segment_f1")  # display order
 
 
 def _ratio(num: float, den: float) -> float:
@@ -184,6 +184,50 @@ def span_report(true: list[set[tuple[int, int, str]]], pred: list[set[tuple[int,
 
 
 # ---------------------------------------------------------------------------------------------------------
+# per-character labels (seqtag)
+
+
+def label_runs(ids: np.ndarray, skip: int | None = None) -> set[tuple[int, int, int]]:
+    """Maximal runs (start, end_exclusive, label id) of equal ids, leaving out runs of `skip`."""
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return set()
+    cuts = np.flatnonzero(np.diff(ids)) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [ids.size]])
+    return {(int(s), int(e), int(ids[s])) for s, e in zip(starts, ends, strict=True) if ids[s] != skip}
+
+
+def sequence_report(true: Sequence[Sequence[int]], pred: Sequence[Sequence[int]], labels: list[str],
+                    background: int = 0) -> dict:
+    """Per-character scores of labeled sequences: `classification_report` over every character (accuracy,
+    per-class precision/recall/F1, confusion), plus segment scores: a segment is a maximal run of one label other
+    than `background`, and counts as right only with the exact start, end and label (per class in
+    "per_segment_label")."""
+    _check_pairs(true, pred, "sequences")
+    for i, (t, p) in enumerate(zip(true, pred, strict=True)):
+        if len(t) != len(p):
+            raise InputError(f"sequence {i}: {len(t)} true labels but {len(p)} predicted; expected the same number")
+    flat_t = np.concatenate([np.asarray(t, dtype=np.int64) for t in true]) if true else np.zeros(0, np.int64)
+    flat_p = np.concatenate([np.asarray(p, dtype=np.int64) for p in pred]) if pred else np.zeros(0, np.int64)
+    report = classification_report(flat_t, flat_p, labels)
+    tp: Counter = Counter()
+    n_true: Counter = Counter()
+    n_pred: Counter = Counter()
+    for t, p in zip(true, pred, strict=True):
+        gold, guess = label_runs(t, background), label_runs(p, background)
+        tp.update(lab for _, _, lab in gold & guess)
+        n_true.update(lab for _, _, lab in gold)
+        n_pred.update(lab for _, _, lab in guess)
+    total = _prf(sum(tp.values()), sum(n_pred.values()), sum(n_true.values()))
+    report.update(segment_precision=total["precision"], segment_recall=total["recall"], segment_f1=total["f1"],
+                  segment_support=total["support"], background=labels[background],
+                  per_segment_label={labels[k]: _prf(tp[k], n_pred[k], n_true[k])
+                                     for k in range(len(labels)) if k != background})
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------
 # terminal table
 
 
@@ -230,6 +274,10 @@ def format_report(report: dict) -> str:
             "",
         ]
         lines += _confusion_table(report["labels"], report["confusion"])
+        if "per_segment_label" in report:
+            lines += ["", f"segments (runs of one label other than {report['background']!r}, exact boundaries):"]
+            lines += _score_table(report["per_segment_label"], ("all", {
+                k: report[f"segment_{k}"] for k in ("precision", "recall", "f1", "support")}))
         return "\n".join(lines)
     for key in ("per_type", "per_label"):
         if key in report:

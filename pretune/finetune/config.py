@@ -10,6 +10,7 @@ from pretune.config import bounds, check_numbers, load_sections
 from pretune.errors import InputError
 from pretune.finetune.tasks import TASKS, get_task
 from pretune.model.heads import POOLING
+from pretune.text.sequences import parse_label_map, strand_swap
 from pretune.training.config import TrainConfig
 
 FREEZE_RE = re.compile(r"^(none|embeddings|body|all-but-last-(\d+))$")
@@ -19,7 +20,8 @@ FREEZE_RE = re.compile(r"^(none|embeddings|body|all-but-last-(\d+))$")
 class FinetuneSection:
     """[finetune] keys (also accepted at the top level of the TOML file)."""
 
-    task: str = field(default="", metadata={"help": "classify | pair | tag | span"})
+    task: str = field(default="", metadata={
+        "help": "classify | pair | tag | span | seqtag (one label per character, e.g. per nucleotide)"})
     checkpoint: str = field(default="", metadata={"flag": False})  # --from / --checkpoint, added by register_cli
     train: str = field(default="", metadata={"help": "labeled training file"})
     validation: str = field(default="", metadata={"help": "labeled validation file (early stopping, best model)"})
@@ -27,7 +29,18 @@ class FinetuneSection:
     out: str = field(default="", metadata={"help": "run directory (metrics.jsonl, model/, test_report.json)"})
     text_field: str | None = field(default=None, metadata={"help": "text column (default: text; pair: text_a)"})
     text_b_field: str = field(default="text_b", metadata={"help": "pair: second text column"})
-    label_field: str = field(default="label", metadata={"help": "label column"})
+    label_field: str | None = field(default=None, metadata={"help": "label column (default: label; seqtag: labels)"})
+    label_map: str = field(default="", metadata={
+        "help": "seqtag: names of the label characters in order, the first the background of the segment scores, e.g. "
+                "0=non-coding,1=cds+,2=cds- or N,+,- (default: the characters, the most frequent first)"})
+    window_overlap: int | None = field(default=None, metadata={
+        "help": "seqtag: tokens shared by neighbouring windows of a long sequence (default: a quarter of max_len)"})
+    smooth: int = field(default=0, metadata={
+        "help": "seqtag: average each character's label probabilities over this many characters before choosing "
+                "its label (0: off): fewer, longer segments"})
+    reverse_complement: bool = field(default=False, metadata={
+        "help": "seqtag: also train on the reverse complement of every training sequence (labels reversed, the "
+                "label characters + and - swapped)"})
     max_len: int = field(default=128, metadata={"help": "subwords per input incl. [CLS]/[SEP]"})
     epochs: int = 10
     freeze: str = field(default="none", metadata={"help": "none | embeddings | body | all-but-last-N"})
@@ -110,10 +123,26 @@ class FinetuneSection:
             raise bad("crf scores word sequences (first subwords); it cannot be combined with all_subwords")
         if self.max_span_width < 1:
             raise bad(f"max_span_width must be >= 1, got {self.max_span_width}")
+        self._validate_seqtag(bad, source)
         if not 0 < self.label_fraction <= 1:
             raise bad(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         self._validate_semi_supervised(bad)
         return self
+
+    def _validate_seqtag(self, bad, source) -> None:
+        seq_keys = [k for k in ("label_map", "window_overlap", "reverse_complement", "smooth") if getattr(self, k)]
+        if self.smooth < 0:
+            raise bad(f"smooth must be >= 0 characters, got {self.smooth}")
+        if self.task != "seqtag" and seq_keys:
+            raise bad(f"{seq_keys[0]} applies to task seqtag only")
+        names = parse_label_map(self.label_map, source)
+        if self.reverse_complement:
+            strand_swap(names, source)
+        if self.window_overlap is not None and not 0 <= self.window_overlap <= (self.max_len - 2) // 2:
+            raise bad(f"window_overlap must be in [0, {(self.max_len - 2) // 2}] (half a window of max_len "
+                      f"{self.max_len}), got {self.window_overlap}")
+        if self.task == "seqtag" and self.all_subwords:
+            raise bad("all_subwords applies to task tag only")
 
     def _validate_semi_supervised(self, bad) -> None:
         for name in ("pool_size", "self_training_rounds", "pseudo_top_k", "uda_batch_size"):
@@ -131,8 +160,8 @@ class FinetuneSection:
         if not 0 <= self.uda_mask_prob < 1:
             raise bad(f"uda_mask_prob must be in [0, 1), got {self.uda_mask_prob}")
         if self.semi_supervised():
-            if self.task == "span":
-                raise bad("self-training and uda support the tasks classify, pair and tag, not span")
+            if self.task in ("span", "seqtag"):
+                raise bad(f"self-training and uda support the tasks classify, pair and tag, not {self.task}")
             if not self.unlabeled:
                 raise bad("unlabeled is required with self_training_rounds or uda_weight: the pool of unlabeled "
                           "text (--unlabeled FILE)")
@@ -158,8 +187,16 @@ class FinetuneSection:
     def head_options(self) -> dict:
         return get_task(self.task).head_options(self)
 
+    def label_order(self) -> list[str] | None:
+        """seqtag: the label names in the order of label_map (the first is the background); else None."""
+        return list(parse_label_map(self.label_map).values()) or None
+
     def fields(self) -> dict:
-        return {"text_field": self.text_field, "text_b_field": self.text_b_field, "label_field": self.label_field}
+        label_field = self.label_field or ("labels" if self.task == "seqtag" else "label")
+        out = {"text_field": self.text_field, "text_b_field": self.text_b_field, "label_field": label_field}
+        if self.label_map:  # only when set, so the fields (and fingerprints) of other tasks stay as they were
+            out["label_map"] = self.label_map
+        return out
 
 
 @dataclass

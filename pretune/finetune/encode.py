@@ -274,7 +274,7 @@ def collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         batch.update(span_index=span_index, span_mask=span_mask)
         if any("span_labels" in f for f in features):
             batch["span_labels"] = span_labels
-    elif "word_positions" in first:
+    elif "word_positions" in first or "token_offset" in first:  # tag, seqtag: a label per token
         if any("labels" in f for f in features):
             labels = torch.full((B, T), IGNORE, dtype=torch.long)
             for r, f in enumerate(features):

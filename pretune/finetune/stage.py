@@ -39,6 +39,7 @@ from pretune.finetune.tasks import get_task, predictions_json
 from pretune.interop.hf import open_checkpoint
 from pretune.model.transformer import describe
 from pretune.text.labeled import LabelMap, length_grouped_batches, read_examples
+from pretune.text.sequences import parse_label_map, reverse_complement, strand_swap
 from pretune.training import checkpoint as ck
 from pretune.training import distributed as dist
 from pretune.training.batches import BatchSource
@@ -96,12 +97,16 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
                          path=source)
 
     train_ex = read_examples(sec.train, task, **sec.fields())
-    labels = LabelMap.from_examples(train_ex, task, sec.train)
+    labels = LabelMap.from_examples(train_ex, task, sec.train, order=sec.label_order())
     val_ex = read_examples(sec.validation, task, **sec.fields())
     test_ex = read_examples(sec.test, task, **sec.fields()) if sec.test else None
     train_ex = subsample(train_ex, sec.label_fraction, sec.label_seed)
     if sec.pseudo_labels:
         train_ex = train_ex + read_examples(sec.pseudo_labels, task, **sec.fields())
+    if sec.reverse_complement:  # seqtag: the other strand of every training sequence too
+        swap = strand_swap(parse_label_map(sec.label_map))
+        train_ex = train_ex + [dataclasses.replace(ex, text=seq, tags=tags) for ex in train_ex
+                               for seq, tags in [reverse_complement(ex.text or "", ex.tags, swap)]]
     train = encode_split(sec.train, train_ex, task, tok, labels, sec.max_len, head_options)
     val = encode_split(sec.validation, val_ex, task, tok, labels, sec.max_len, head_options)
     test = encode_split(sec.test, test_ex, task, tok, labels, sec.max_len, head_options) if test_ex else None

@@ -1,4 +1,4 @@
-"""The four fine-tuning tasks, one class each: what the rest of stage 2 asks instead of branching on a task name.
+"""The five fine-tuning tasks, one class each: what the rest of stage 2 asks instead of branching on a task name.
 
 A `Task` owns its head, the encoding of examples, the loss and its training statistics, decoding, the merging of
 sentence windows back per word, its report and metrics, its predictions as JSON and, for self-training, the
@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretune.errors import InputError
-from pretune.evaluate.metrics import classification_report, entity_report, span_report
+from pretune.evaluate.metrics import classification_report, entity_report, label_runs, sequence_report, span_report
 from pretune.finetune.encode import IGNORE, EncodeStats, encode_examples
+from pretune.finetune.seqencode import encode_sequences, merge_windows
 from pretune.model.heads import ClassificationHead, SpanHead, TokenClassificationHead
 from pretune.model.transformer import ModelConfig
 from pretune.text.labeled import Example, LabelMap
@@ -333,7 +334,65 @@ class Span(WordTask):
         return {"spans": [{"start": s, "end": e, "label": lab, "prob": round(p, 6)} for s, e, lab, p in m]}
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (Classify(), Pair(), Tag(), Span())}
+class SeqTag(Task):
+    """One label per character of a sequence (e.g. per nucleotide): a classifier per token, long sequences cut
+    into overlapping windows and merged back per character (`pretune.finetune.seqencode`)."""
+
+    name = "seqtag"
+    metrics = ("accuracy", "segment_f1", "macro_f1", "loss")
+
+    def head_options(self, sec) -> dict:
+        overlap = sec.window_overlap if sec.window_overlap is not None else sec.max_len // 4
+        return {"window_overlap": overlap, **({"smooth": sec.smooth} if sec.smooth > 1 else {})}
+
+    def head(self, cfg: ModelConfig, labels: list[str], options: dict) -> nn.Module:
+        return TokenClassificationHead(cfg, len(labels))
+
+    def encode(self, examples: list[Example], tok, labels: LabelMap | None, max_len: int, options: dict,
+               source: str | Path | None = None) -> tuple[list[dict], EncodeStats]:
+        overlap = int(options.get("window_overlap", max_len // 4))
+        return encode_sequences(examples, tok, labels, max_len, overlap, source, int(options.get("smooth", 0)))
+
+    def length_warnings(self, stats: EncodeStats, where: Path, max_len: int) -> list[str]:
+        return []  # long sequences are the rule here; windows are merged back per character
+
+    def forward(self, model: nn.Module, hidden: torch.Tensor, batch: dict) -> dict:
+        logits = model.head(hidden)  # [B, T, K]
+        out = {"logits": logits}
+        labels = batch.get("labels")
+        if labels is not None:
+            out["loss"] = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+            out["stats"] = _loss_stats(out["loss"], labels)
+        return out
+
+    def decode(self, model: nn.Module, batch: dict, logits: torch.Tensor) -> list:
+        """Per row: the probabilities [n_tokens, K] of the window's tokens (without [CLS]/[SEP])."""
+        probs = logits.float().softmax(-1).cpu().numpy()
+        n = batch["attention_mask"].sum(1).cpu().tolist()
+        return [probs[b, 1: int(n[b]) - 1] for b in range(len(probs))]
+
+    def merge(self, labels: list[str], examples: list[Example], features: list[dict], outputs: list) -> list:
+        """Per example: (label id per character, its probability), as numpy arrays."""
+        return merge_windows(len(labels), examples, features, outputs)
+
+    def report(self, labels: LabelMap, examples: list[Example], merged: list, source=None) -> dict:
+        true = []
+        for ex in examples:
+            index = {name: labels.index(name, source, ex.line) for name in set(ex.tags or [])}
+            true.append(np.asarray([index[t] for t in ex.tags or []], dtype=np.int64))
+        return sequence_report(true, [ids for ids, _ in merged], labels.names, background=0)
+
+    def prediction(self, labels: list[str], m) -> dict:
+        """{"labels": one character per input character when every label is one character, else a list of names;
+        "segments": runs of one label other than the background (labels[0]), end exclusive; "mean_prob"}."""
+        ids, probs = m
+        names = [labels[int(i)] for i in ids]
+        segments = [{"start": s, "end": e, "label": labels[k]} for s, e, k in sorted(label_runs(ids, 0))]
+        return {"labels": "".join(names) if all(len(n) == 1 for n in labels) else names, "segments": segments,
+                "mean_prob": round(float(np.mean(probs)) if len(probs) else 0.0, 6)}
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (Classify(), Pair(), Tag(), Span(), SeqTag())}
 
 
 def get_task(name: str) -> Task:

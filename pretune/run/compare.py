@@ -22,7 +22,7 @@ from pretune.finetune.data import subsample
 from pretune.run.config import PipelineConfig, checkpoint_name
 from pretune.run.stages import Runner, StageResult, file_hash
 from pretune.run.steps import stage_finetune
-from pretune.text.labeled import read_examples
+from pretune.text.labeled import LabelMap, read_examples
 from pretune.use.embed import load_body
 
 PRETUNE_METHODS = {"pretrained": "pretune pretrained", "baseline": "pretune from scratch"}
@@ -80,10 +80,12 @@ def stage_compare(runner: Runner, cfg: PipelineConfig, points: dict[float, int])
         train_all, val, test = (read_examples(getattr(sec, s), sec.task, **sec.fields())
                                 for s in ("train", "validation", "test"))
         bodies = {checkpoint_name(p): load_body(p, cfg.run.device) for p in probes}
+        # seqtag: the fine-tuned models' label order (its first label is the background of the segment scores)
+        order = LabelMap.from_examples(train_all, "seqtag", order=sec.label_order()).names if sec.task == "seqtag" else None
         rows = []
         for fraction, seed in points.items():
             train = subsample(train_all, fraction, seed)  # exactly the subset fine-tuning uses
-            results = [fit_classic(sec.task, train, val, test, seed=cfg.run.seed)] if cmp.classic else []
+            results = [fit_classic(sec.task, train, val, test, labels=order, seed=cfg.run.seed)] if cmp.classic else []
             for name, loaded in bodies.items():
                 r = fit_probe(loaded, sec.task, train, val, test, seed=cfg.run.seed, max_len=sec.max_len)
                 results.append({**r, "method": f"{name} probe"})
@@ -109,6 +111,8 @@ def predicted_classes(predictions: list) -> set[str]:
             classes.add(p)
         elif isinstance(p, dict) and "label" in p:
             classes.add(p["label"])
+        elif isinstance(p, dict) and "labels" in p:  # seqtag: a label per character
+            classes.update(p["labels"])
         elif isinstance(p, dict) and "tags" in p:
             classes.update(t.split("-", 1)[-1] for t in p["tags"] if t != "O")
         elif isinstance(p, dict):

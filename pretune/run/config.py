@@ -19,7 +19,7 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[corpus] field` | `"text"` | JSONL field or CSV/TSV/parquet column holding the text |
 | `[corpus] doc_split` | `"line"` | txt: a document per `line`, or per `blank`-line-separated block |
 | `[corpus] validation_fraction` | `0.05` | documents held out to validate pretraining |
-| `[tokenizer] kind` | `"wordpiece"` | `wordpiece`, `bpe`, `bytelevel-bpe`, `unigram`, `char` |
+| `[tokenizer] kind` | `"wordpiece"` | `wordpiece`, `bpe`, `bytelevel-bpe`, `unigram`, `char`, `kmer3`..`kmer6` |
 | `[tokenizer] vocab_size` | `8000` | vocabulary size (specials included) |
 | `[tokenizer] min_frequency` | `2` | rarest pair/piece kept |
 | `[tokenizer] lowercase` | `false` | lowercase (and strip accents, WordPiece) before tokenizing |
@@ -31,7 +31,7 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[pretrain] init_from` | none | continue pretraining from this checkpoint (its tokenizer and architecture) |
 | `[pretrain.model]` | | any `ModelConfig` key (hidden_size, num_layers, ...), overriding the preset |
 | `[pretrain.trainer]` | | the training loop of stage 1: max_steps, batch_size, lr, warmup_ratio, eval_every, ... |
-| `[finetune] task` | (required) | `classify`, `pair`, `tag` or `span` |
+| `[finetune] task` | (required) | `classify`, `pair`, `tag`, `span` or `seqtag` (a label per character) |
 | `[finetune] train` / `validation` / `test` | (required) | labeled files (formats: `pretune finetune --help`) |
 | `[finetune] max_len`, `epochs`, `patience`, `metric`, `freeze`, `head_lr`, ... | | as for `pretune finetune` |
 | `[finetune] label_fraction` | `1.0` | fine-tune on this fraction of the training labels (main run) |

@@ -71,13 +71,13 @@ def check_inputs(cfg: PipelineConfig) -> None:
         ck.resolve(cfg.pretrain.init_from)
     sec = cfg.finetune
     train = read_examples(sec.train, sec.task, **sec.fields())
-    labels = LabelMap.from_examples(train, sec.task, sec.train)
+    labels = LabelMap.from_examples(train, sec.task, sec.train, order=sec.label_order())
     for path in (sec.validation, sec.test):
         for ex in read_examples(path, sec.task, **sec.fields()):
             if sec.task in ("classify", "pair"):
                 names = [ex.label]
-            elif sec.task == "tag":
-                names = ex.tags or []
+            elif sec.task in ("tag", "seqtag"):
+                names = sorted(set(ex.tags or []))
             else:
                 names = [lab for _, _, lab in ex.spans or []]
             for name in names:

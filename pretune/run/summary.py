@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections import Counter
 from pathlib import Path
 
 from pretune.evaluate.metrics import entity_spans
@@ -31,6 +32,10 @@ def label_statistics(sec) -> dict:
                 names = [ex.label]
             elif sec.task == "tag":
                 names = [t for t, _, _ in entity_spans(ex.tags or [])]
+            elif sec.task == "seqtag":  # characters per label
+                for n, k in Counter(ex.tags or []).items():
+                    c[n] = c.get(n, 0) + k
+                continue
             else:
                 names = [lab for _, _, lab in ex.spans or []]
             for n in names:
@@ -38,8 +43,10 @@ def label_statistics(sec) -> dict:
         counts[split] = dict(sorted(c.items()))
         counts.setdefault("_examples", {})[split] = len(examples)
     n = counts.pop("_examples")
-    unit = "examples" if sec.task in ("classify", "pair") else "entities" if sec.task == "tag" else "spans"
-    note = ", ".join(f"{split}: {n[split]:,} {'examples' if sec.task in ('classify', 'pair') else 'sentences'}"
+    unit = {"classify": "examples", "pair": "examples", "tag": "entities",
+            "seqtag": "characters"}.get(sec.task, "spans")
+    item = {"classify": "examples", "pair": "examples", "seqtag": "sequences"}.get(sec.task, "sentences")
+    note = ", ".join(f"{split}: {n[split]:,} {item}"
                      for split in n)
     if sec.label_fraction < 1:
         note += f" (fine-tuning uses {sec.label_fraction:g} of the training set)"
@@ -91,6 +98,8 @@ def build_examples(cfg: PipelineConfig, stages: dict[str, StageResult], reports:
 
     Returns (examples, the attribution method's name)."""
     sec = cfg.finetune
+    if sec.task == "seqtag":  # a sequence of thousands of characters is no example to read in a report
+        return [], ""
     if sec.task not in ("classify", "pair"):
         return _token_task_examples(cfg, reports), ""
     examples = read_examples(sec.test, sec.task, **sec.fields())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pretune.files import check_output, input_file
 from pretune.text.corpus import Corpus
-from pretune.text.tokenizer import PretuneTokenizer, train_tokenizer
+from pretune.text.tokenizer import ALL_KINDS, PretuneTokenizer, train_tokenizer
 
 
 def corpus_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def register_cli(sub) -> None:
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
     t = tok_sub.add_parser("train", help="train a vocabulary on text files")
     corpus_args(t)
-    t.add_argument("--kind", default="wordpiece", choices=("wordpiece", "bpe", "bytelevel-bpe", "unigram", "char"))
+    t.add_argument("--kind", default="wordpiece", choices=ALL_KINDS)
     t.add_argument("--vocab-size", type=int, default=8000)
     t.add_argument("--min-frequency", type=int, default=2)
     t.add_argument("--lowercase", action="store_true")

@@ -8,6 +8,8 @@ Four tasks share one `Example` type:
 - ``tag``: words with one BIO tag each (CoNLL or JSONL ``{"tokens": [...], "tags": [...]}``).
 - ``span``: words with labeled spans, nested or overlapping allowed
   (JSONL ``{"tokens": [...], "spans": [{"start": i, "end": j, "label": "ORG"}]}``, ``end`` exclusive).
+- ``seqtag``: a sequence and one label character per character of it (CSV / TSV / JSONL columns ``sequence``
+  and ``labels``), e.g. a DNA sequence labeled per nucleotide; ``label_map`` names the characters.
 
 Every problem with a file is reported as `InputError` naming the file and the line. A ``.parquet`` file of any
 task holds the fields JSONL would, one row per object (`pretune.text.parquet`; its "line" is the row number).
@@ -20,6 +22,7 @@ import io
 import json
 import random
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +31,9 @@ from typing import Any
 from pretune.errors import InputError
 from pretune.files import input_file, read_input
 from pretune.text.parquet import is_parquet, iter_records
+from pretune.text.sequences import label_names, parse_label_map
 
-TASKS = ("classify", "pair", "tag", "span")
+TASKS = ("classify", "pair", "tag", "span", "seqtag")
 NULL_LABEL = "NULL"  # span label of a candidate that is not an entity
 
 _TAG_RE = re.compile(r"^(O|[BI]-\S+)$")  # no whitespace in a type: "B-PER\xa0" is no new type
@@ -41,10 +45,10 @@ class Example:
     """One labeled (or, for prediction, unlabeled) example."""
 
     line: int  # 1-based line in the source file (CoNLL: line of the sentence's first token)
-    text: str | None = None  # classify / pair (text_a)
+    text: str | None = None  # classify / pair (text_a); seqtag: the sequence
     text_b: str | None = None  # pair
     tokens: list[str] | None = None  # tag / span (words)
-    tags: list[str] | None = None  # tag
+    tags: list[str] | None = None  # tag (per word); seqtag (per character)
     spans: list[tuple[int, int, str]] | None = None  # span: (start, end_exclusive, label) over words
     label: str | None = None  # classify / pair
 
@@ -250,6 +254,8 @@ def _read_conll(text: str, path: Path, require_labels: bool) -> list[Example]:
         if cols[0] == "-DOCSTART-":
             flush()
             continue
+        if n_cols == 0 and [c.lower() for c in cols] == ["sequence", "labels"]:
+            raise InputError("a 'sequence labels' header: a label per character is task seqtag", path, lineno)
         if n_cols == 0:
             n_cols, first_token_line = len(cols), lineno
             if n_cols < 2 and require_labels:
@@ -354,15 +360,19 @@ def read_examples(
     *,
     text_field: str | None = None,
     text_b_field: str = "text_b",
-    label_field: str = "label",
+    label_field: str | None = None,
     require_labels: bool = True,
+    label_map: str | dict | None = None,
 ) -> list[Example]:
     """Read a labeled file for `task`.
 
     classify: CSV/TSV (header) or JSONL with `text_field` (default "text") and `label_field`.
     pair: same with `text_field` (default "text_a") and `text_b_field`.
     tag: CoNLL (token first, tag in the last column) or JSONL tokens/tags; IOB1 is converted to IOB2.
-    span: JSONL tokens/spans. With ``require_labels=False`` labels, tags or spans may be absent (None).
+    span: JSONL tokens/spans. seqtag: CSV/TSV/JSONL with `text_field` (default "sequence") and `label_field`
+    (default "labels": one label character per character; `label_map` "0=non-coding,1=cds+" names them).
+    `label_field` defaults to "label" for classify/pair.
+    With ``require_labels=False`` labels, tags or spans may be absent (None).
     The format comes from the suffix (.csv .tsv .jsonl .json .conll ...; .gz allowed) or, failing that, the content.
     """
     check_task(task)
@@ -371,7 +381,17 @@ def read_examples(
     if task in ("classify", "pair"):
         default = "text" if task == "classify" else "text_a"
         fields = (text_field or default,) if task == "classify" else (text_field or default, text_b_field)
-        examples = _read_text_task(text, suffix, path, task, fields, label_field, require_labels)
+        examples = _read_text_task(text, suffix, path, task, fields, label_field or "label", require_labels)
+    elif task == "seqtag":
+        examples = _read_text_task(text, suffix, path, task, (text_field or "sequence",), label_field or "labels",
+                                   require_labels)
+        names = parse_label_map(label_map)
+        for ex in examples:
+            ex.text = (ex.text or "").strip()
+            if not ex.text:
+                raise InputError("empty sequence", path, ex.line)
+            if ex.label is not None:
+                ex.tags, ex.label = label_names(ex.text, ex.label, names, path, ex.line), None
     elif task == "tag":
         is_jsonl = suffix in (".jsonl", ".json", ".ndjson", ".parquet") or _first_json_object(text)
         examples = (_read_tag_jsonl if is_jsonl else _read_conll)(text, path, require_labels)
@@ -405,11 +425,20 @@ class LabelMap:
         return len(self.names)
 
     @classmethod
-    def from_examples(cls, examples: list[Example], task: str, path: str | Path | None = None) -> LabelMap:
-        """classify/pair: sorted names; tag: "O", then B-X, I-X per type X (sorted by type); span: "NULL" + sorted.
-        A training set with one class (or no entity type) is refused: the model would learn nothing, and score 1.0."""
+    def from_examples(cls, examples: list[Example], task: str, path: str | Path | None = None,
+                      order: list[str] | None = None) -> LabelMap:
+        """classify/pair: sorted names; tag: "O", then B-X, I-X per type X (sorted by type); span: "NULL" + sorted;
+        seqtag: `order` when given (the names of a label map), else the most frequent label first (the background,
+        left out of segment scores), then sorted. A training set with one class (or no entity type) is refused: the
+        model would learn nothing, and score 1.0."""
         check_task(task)
-        if task in ("classify", "pair"):
+        if task == "seqtag" and order:
+            names = list(order)
+        elif task == "seqtag":
+            count = Counter(t for ex in examples for t in ex.tags or [])
+            background = min(count, key=lambda t: (-count[t], t)) if count else None
+            names = [background, *sorted(set(count) - {background})] if count else []
+        elif task in ("classify", "pair"):
             names = sorted({ex.label for ex in examples if ex.label is not None})
         elif task == "tag":
             types = sorted({t[2:] for ex in examples for t in ex.tags or [] if t != "O"})

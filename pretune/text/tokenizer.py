@@ -18,6 +18,7 @@ from pathlib import Path
 from tokenizers import (
     AddedToken,
     Encoding,
+    Regex,
     Tokenizer,
     decoders,
     models,
@@ -32,7 +33,9 @@ from pretune.files import input_file, write_text
 from pretune.text.hf_tokenizer import is_hf_folder, read_hf_tokenizer, read_text, read_tokenizer_json
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 when trained
-KINDS = ("wordpiece", "bpe", "bytelevel-bpe", "unigram", "char")
+KMER_KINDS = ("kmer3", "kmer4", "kmer5", "kmer6")  # non-overlapping k-mers of whitespace-free text such as DNA
+KINDS = ("wordpiece", "bpe", "bytelevel-bpe", "unigram", "char")  # for any text
+ALL_KINDS = (*KINDS, *KMER_KINDS)
 
 CONTINUING_PREFIX = "##"  # WordPiece: marks a piece that continues a word
 END_OF_WORD = "</w>"  # BPE: glued to the last character of every word
@@ -251,20 +254,23 @@ def train_tokenizer(
     lowercase: bool = False,
     limit_alphabet: int | None = 1000,
 ) -> PretuneTokenizer:
-    """Train a tokenizer of `kind` (see KINDS) on `texts`; SPECIAL_TOKENS get ids 0..4.
+    """Train a tokenizer of `kind` (see ALL_KINDS) on `texts`; SPECIAL_TOKENS get ids 0..4.
 
     wordpiece: BERT normalizer and pre-tokenizer, '##' continuation pieces. bpe: Whitespace pre-tokenizer,
     "</w>" glued to the last character of each word. bytelevel-bpe: GPT-2/RoBERTa style bytes (a space is
     put before the text and before each pre-split word), never [UNK]. unigram: SentencePiece-style '▁' word
     starts (whitespace runs count as one space). char: one token per non-whitespace character of the corpus
     (vocab_size, min_frequency and limit_alphabet ignored); decode joins the characters without spaces.
+    kmer3 ... kmer6: each whitespace-separated word cut into non-overlapping k-mers from its start (the last one
+    shorter), one token each: every piece of the corpus is in the vocabulary (vocab_size, min_frequency and
+    limit_alphabet ignored); offsets map each token back to its k characters.
     min_frequency is ignored by unigram; limit_alphabet applies to wordpiece and bpe only.
     wordpiece / bpe: when `texts` can be iterated twice (a list, a `pretune.text.corpus.Corpus`) a first pass
     fixes the ids the trainer would otherwise give in hash order, and the vocabulary is the same in every run; a
     one-shot iterator is read once, with the library's small run-to-run differences.
     """
-    if kind not in KINDS:
-        raise InputError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind not in ALL_KINDS:
+        raise InputError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(ALL_KINDS)}")
     n = len(SPECIAL_TOKENS)
     if not isinstance(vocab_size, int) or vocab_size < n + 1:
         raise InputError(
@@ -278,6 +284,8 @@ def train_tokenizer(
     stream = _non_empty_stream(texts)
     if kind == "char":
         tok = _train_char(stream, lowercase)
+    elif kind in KMER_KINDS:
+        tok = _train_kmer(stream, int(kind[4:]), lowercase)
     else:
         tok = _untrained(kind, lowercase)
         trainer = _trainer(kind, vocab_size, min_frequency, limit_alphabet)
@@ -421,6 +429,27 @@ def _train_char(texts: Iterator[str], lowercase: bool) -> Tokenizer:
     if norm is not None:
         tok.normalizer = norm
     tok.pre_tokenizer = split  # word_ids group the characters of one whitespace-separated word
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    return tok
+
+
+def _train_kmer(texts: Iterator[str], k: int, lowercase: bool) -> Tokenizer:
+    """Vocabulary = specials + every non-overlapping k-mer (and shorter word end) of the corpus; a word-level
+    model over a pre-tokenizer that cuts each word into k-mers."""
+    norm = _normalizer("char", lowercase)
+    split = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                     pre_tokenizers.Split(Regex(f".{{1,{k}}}"), behavior="isolated")])
+    pieces: set[str] = set()
+    for text in texts:
+        pieces.update(p for p, _ in split.pre_tokenize_str(norm.normalize_str(text) if norm is not None else text))
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for piece in sorted(pieces):
+        vocab[piece] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    if norm is not None:
+        tok.normalizer = norm
+    tok.pre_tokenizer = split
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     return tok

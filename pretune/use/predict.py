@@ -29,7 +29,8 @@ def _loaded(checkpoint, device=None) -> tuple[TaskModel, Any, dict]:
 
 def to_examples(task: str, inputs: Sequence, fields: dict | None = None) -> list[Example]:
     """Unlabeled examples from Python values. classify: str or {"text": ...}; pair: (a, b) or {"text_a", "text_b"};
-    tag/span: a list of words, {"tokens": [...]}, or a str (split with `split_words`). Example objects pass through."""
+    tag/span: a list of words, {"tokens": [...]}, or a str (split with `split_words`); seqtag: a sequence str or
+    {"sequence": ...}. Example objects pass through."""
     fields = fields or {}
     text_key = fields.get("text_field") or ("text_a" if task == "pair" else "text")
     b_key = fields.get("text_b_field") or "text_b"
@@ -38,6 +39,11 @@ def to_examples(task: str, inputs: Sequence, fields: dict | None = None) -> list
         line = i + 1
         if isinstance(item, Example):
             out.append(item)
+        elif task == "seqtag":
+            seq = item.get(fields.get("text_field") or "sequence") if isinstance(item, dict) else item
+            if not isinstance(seq, str) or not seq.strip():
+                raise InputError(f"input {i}: expected a non-empty sequence string")
+            out.append(Example(line=line, text=seq.strip()))
         elif task == "classify":
             text = item.get(text_key) if isinstance(item, dict) else item
             if not isinstance(text, str):
@@ -63,7 +69,8 @@ def to_examples(task: str, inputs: Sequence, fields: dict | None = None) -> list
 def predict(checkpoint, inputs: Sequence, batch_size: int = 32, device: str | None = None) -> list[dict]:
     """Predictions for `inputs` (see `to_examples`), in order, from a fine-tuned checkpoint path or a loaded
     (model, tokenizer, config) tuple. classify/pair: {"label", "probs": {label: p}}; tag: {"tags", "probs"}
-    (probability of each word's tag); span: {"spans": [{"start", "end", "label", "prob"}]} (words, end exclusive)."""
+    (probability of each word's tag); span: {"spans": [{"start", "end", "label", "prob"}]} (words, end exclusive);
+    seqtag: {"labels" (one per character), "segments", "mean_prob"} (`SeqTag.prediction`)."""
     model, tok, conf = _loaded(checkpoint, device)
     examples = to_examples(model.task, inputs, conf.get("fields"))
     if not examples:
@@ -79,7 +86,8 @@ def predict(checkpoint, inputs: Sequence, batch_size: int = 32, device: str | No
 def read_inputs(path: str | Path, task: str, fields: dict | None = None) -> tuple[list[Example], list[dict]]:
     """Unlabeled examples from a file, with a JSON record of each input to echo in the output.
 
-    .txt: one input per line (classify: the text; tag/span: words split with `split_words`); other files are
+    .txt: one input per line (classify: the text; seqtag: the sequence; tag/span: words split with `split_words`);
+    other files are
     read like training data (JSONL / CSV / TSV / CoNLL) with labels optional."""
     path = Path(path)
     fields = {k: v for k, v in (fields or {}).items() if v is not None}
@@ -87,9 +95,10 @@ def read_inputs(path: str | Path, task: str, fields: dict | None = None) -> tupl
         if task == "pair":
             raise InputError("pair inputs need two texts: give JSONL, CSV or TSV with text_a and text_b", path=path)
         lines = read_lines(path)
-        examples = [Example(line=i + 1, text=ln.rstrip("\r")) if task == "classify" else
+        examples = [Example(line=i + 1, text=ln.strip() if task == "seqtag" else ln.rstrip("\r"))
+                    if task in ("classify", "seqtag") else
                     Example(line=i + 1, tokens=split_words(ln)) for i, ln in enumerate(lines) if ln.strip()]
-        if not examples or (task != "classify" and any(not ex.tokens for ex in examples)):
+        if not examples or (task not in ("classify", "seqtag") and any(not ex.tokens for ex in examples)):
             raise InputError("no inputs found (or a line without words)", path=path)
     else:
         examples = read_examples(path, task, require_labels=False, **fields)
@@ -100,6 +109,8 @@ def read_inputs(path: str | Path, task: str, fields: dict | None = None) -> tupl
     for ex in examples:
         if raw_lines is not None:
             records.append(json.loads(raw_lines[ex.line - 1]))
+        elif task == "seqtag":
+            records.append({fields.get("text_field") or "sequence": ex.text})
         elif task in ("classify", "pair"):
             rec = {fields.get("text_field") or ("text_a" if task == "pair" else "text"): ex.text}
             if task == "pair":

@@ -1,8 +1,12 @@
 """Masked language modelling: BERT's MLM (15% of tokens, 80% [MASK] / 10% random / 10% unchanged) and whole-word
-masking (words chosen until ~15% of tokens are covered, all pieces of a word together).
+masking (words chosen until ~15% of tokens are covered, all pieces of a word together). A sequence whose words are
+too long to come near the rate (text without whitespace, e.g. DNA: one word) is masked by single tokens instead,
+with a warning once.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 from torch import nn
@@ -55,12 +59,16 @@ class MaskedLM(Objective):
         """Groups of tokens corrupted as one (None: each token on its own)."""
         return None
 
+    def select_units(self, batch: dict[str, torch.Tensor], gen: torch.Generator):
+        """(positions to predict [B, T], groups corrupted as one or None)."""
+        return self.select(batch, gen), self.units(batch)
+
     def collate(self, items, gen):
         batch = self.stack(items)
-        selected = self.select(batch, gen)
+        selected, units = self.select_units(batch, gen)
         batch["input_ids"], batch["labels"] = corrupt(
             batch["input_ids"], selected, gen, self.specials.mask, self._regular, self.mask_ratio, self.random_ratio,
-            units=self.units(batch),
+            units=units,
         )
         del batch["word_starts"]
         return batch
@@ -84,9 +92,26 @@ class WholeWordMLM(MaskedLM):
         return special, word_index(batch["word_starts"], special)
 
     def select(self, batch, gen):
-        ids = batch["input_ids"]
-        B, T = ids.shape
+        return self.select_units(batch, gen)[0]
+
+    def select_units(self, batch, gen):
+        """Whole words up to the budget. A row where whole words cannot come near it (text without whitespace,
+        such as DNA, is one long word: under half the budget is reached) falls back to single tokens, chosen the
+        same way, and a warning is printed once."""
         special, wid = self._words(batch)
+        chosen = self._choose(batch["input_ids"], special, wid, gen)
+        budget = self.mask_prob * (~special).sum(1)
+        short = (chosen.sum(1) < 0.5 * budget) & (budget >= 1)
+        if short.any():
+            warn_token_fallback(self, "whole-word", int(short.sum()), len(short))
+            T = wid.shape[1]
+            tokens = torch.arange(T).expand_as(wid)
+            wid = torch.where(short[:, None], tokens, wid)
+            chosen = torch.where(short[:, None], self._choose(batch["input_ids"], special, wid, gen), chosen)
+        return chosen, wid
+
+    def _choose(self, ids, special, wid, gen):
+        B, T = ids.shape
         regular = (~special).long()
         lengths = torch.zeros(B, T, dtype=torch.long).scatter_add_(1, wid, torch.ones_like(wid))  # tokens per word
         eligible = torch.zeros(B, T, dtype=torch.long).scatter_add_(1, wid, regular) > 0  # regular words
@@ -104,3 +129,13 @@ class WholeWordMLM(MaskedLM):
 
     def units(self, batch):
         return self._words(batch)[1]
+
+
+def warn_token_fallback(objective, what: str, rows: int, total: int) -> None:
+    """Once per objective: say that `what` masking fell back to single tokens."""
+    if getattr(objective, "_warned_fallback", False):
+        return
+    objective._warned_fallback = True
+    print(f"pretune: warning: {what} masking reaches under half of mask_prob {objective.mask_prob:g} in {rows} of "
+          f"{total} sequences (words far longer than the spans, e.g. text without whitespace such as DNA); those "
+          "sequences are masked by single tokens instead", file=sys.stderr)

@@ -1,5 +1,6 @@
 """SpanBERT: spans of whole words (length ~ Geometric(0.2) truncated at 10) masked as units, predicted by the MLM
-head and by the span boundary objective (SBO).
+head and by the span boundary objective (SBO). A sequence whose words are too long to reach the masking rate (text
+without whitespace, e.g. DNA) gets spans of contiguous tokens instead, with a warning once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pretune.pretrain.objectives.base import (
     special_mask,
     token_loss,
 )
-from pretune.pretrain.objectives.mlm import MASK_OPTIONS, MaskedLM
+from pretune.pretrain.objectives.mlm import MASK_OPTIONS, MaskedLM, warn_token_fallback
 
 
 def span_length_distribution(p: float, max_words: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,14 +146,24 @@ class SpanMLM(MaskedLM):
         units = np.tile(np.arange(T), (B, 1))
         left, right, offset = (np.zeros((B, T), dtype=np.int64) for _ in range(3))
         reg = regular.numpy()
+        short = 0
         for b in range(B):
-            for sp in sample_spans(starts[b], reg[b], self.mask_prob * reg[b].sum(), rng, self.lengths, self.probs):
+            budget = self.mask_prob * reg[b].sum()
+            spans = sample_spans(starts[b], reg[b], budget, rng, self.lengths, self.probs)
+            if budget >= 1 and sum(sp.end - sp.start for sp in spans) < 0.5 * budget:
+                # whole words cannot come near the budget (text without whitespace is one long word): spans of
+                # contiguous tokens instead
+                short += 1
+                spans = sample_spans(np.ones(T, dtype=bool), reg[b], budget, rng, self.lengths, self.probs)
+            for sp in spans:
                 s, e = sp.start, sp.end
                 selected[b, s:e] = True
                 units[b, s:e] = s
                 left[b, s:e] = max(s - 1, 0)
                 right[b, s:e] = min(e, T - 1)
                 offset[b, s:e] = np.arange(e - s)
+        if short:
+            warn_token_fallback(self, "span", short, B)
         batch["input_ids"], batch["labels"] = corrupt(
             ids, torch.from_numpy(selected), gen, self.specials.mask, self._regular, self.mask_ratio,
             self.random_ratio, units=torch.from_numpy(units),
