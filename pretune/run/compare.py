@@ -81,7 +81,8 @@ def stage_compare(runner: Runner, cfg: PipelineConfig, points: dict[float, int])
                                 for s in ("train", "validation", "test"))
         bodies = {checkpoint_name(p): load_body(p, cfg.run.device) for p in probes}
         # seqtag: the fine-tuned models' label order (its first label is the background of the segment scores)
-        order = LabelMap.from_examples(train_all, "seqtag", order=sec.label_order()).names if sec.task == "seqtag" else None
+        order = (LabelMap.from_examples(train_all, "seqtag", order=sec.label_order()).names
+                 if sec.task == "seqtag" else None)
         rows = []
         for fraction, seed in points.items():
             train = subsample(train_all, fraction, seed)  # exactly the subset fine-tuning uses
