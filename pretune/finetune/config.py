@@ -61,6 +61,9 @@ class FinetuneSection:
     crf: bool = field(default=False, metadata={"help": "tag: CRF layer (Viterbi decoding, valid BIO only)"})
     all_subwords: bool = field(default=False, metadata={"help": "tag: every subword of a word gets its label"})
     max_span_width: int = field(default=8, metadata={"help": "span: widest candidate span, in words"})
+    ensemble: int = field(default=1, metadata=bounds(ge=1, le=32, help=
+        "classify/pair: fine-tune this many models (seeds seed, seed+1, ...) and average their probabilities; "
+        "the checkpoint holds all of them"))
     label_fraction: float = field(default=1.0, metadata={"help": "stratified fraction of the labels to train on"})
     label_seed: int = field(default=0, metadata=bounds(ge=0, le=2**63 - 1))
     from_scratch: bool = field(default=False, metadata={"help": "random init of the same architecture (baseline)"})
@@ -124,6 +127,8 @@ class FinetuneSection:
         if self.max_span_width < 1:
             raise bad(f"max_span_width must be >= 1, got {self.max_span_width}")
         self._validate_seqtag(bad, source)
+        if self.ensemble > 1 and self.task not in ("classify", "pair"):
+            raise bad("ensemble averages class probabilities: it applies to the tasks classify and pair only")
         if not 0 < self.label_fraction <= 1:
             raise bad(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         self._validate_semi_supervised(bad)

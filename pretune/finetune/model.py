@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pretune.errors import InputError
 from pretune.finetune.config import FREEZE_RE
+from pretune.finetune.encode import IGNORE
 from pretune.finetune.tasks import TASKS, get_task
 from pretune.interop.hf import open_checkpoint
 from pretune.model.heads import Pooler
@@ -52,6 +54,40 @@ class TaskModel(nn.Module):
         window; span: [(span index, label id, probability)] for each span whose best label is not NULL."""
         out = out if out is not None else self(**batch)
         return self.kind.decode(self, batch, out["logits"].float())
+
+
+class EnsembleTaskModel(TaskModel):
+    """Fine-tuned TaskModels of one task and label set (`[finetune] ensemble`): forward averages their class
+    probabilities and returns the log of the average as "logits" (its softmax is the average). State-dict keys
+    members.<k>.body.*, members.<k>.head.*; `body` and `head` are the first member's (embeddings, explanations)."""
+
+    def __init__(self, members: list[TaskModel]):
+        nn.Module.__init__(self)
+        first = members[0]
+        if first.task not in ("classify", "pair"):
+            raise InputError(f"an ensemble averages class probabilities: task {first.task!r} has none")
+        self.kind, self.config, self.task, self.labels = first.kind, first.config, first.task, first.labels
+        self.head_options = first.head_options
+        self.members = nn.ModuleList(members)
+
+    @property
+    def body(self) -> Transformer:  # type: ignore[override]
+        return self.members[0].body
+
+    @property
+    def head(self) -> nn.Module:  # type: ignore[override]
+        return self.members[0].head
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **_) -> dict:
+        probs = torch.stack([m(input_ids, attention_mask, token_type_ids)["logits"].float().softmax(-1)
+                             for m in self.members]).mean(0)  # [B, K]
+        out = {"logits": probs.clamp_min(1e-12).log()}
+        if labels is not None:
+            out["loss"] = F.nll_loss(out["logits"], labels, ignore_index=IGNORE)
+            n = (labels != IGNORE).sum()
+            correct = ((probs.argmax(-1) == labels) & (labels != IGNORE)).sum()
+            out["stats"] = {"loss": (out["loss"].detach() * n, n), "accuracy": (correct, n)}
+        return out
 
 
 # ---- freezing and learning rates -------------------------------------------------------------------------------------
@@ -126,7 +162,11 @@ def load_task_model(path: str | Path, device: str | torch.device | None = None) 
                          "`pretune finetune`", path=ckpt.path)
     tok = ckpt.tokenizer()
     labels = LabelMap.from_json(conf.get("labels")).names
-    model = TaskModel(ckpt.model_config(), conf["task"], labels, conf.get("head") or {})
+    k = conf.get("ensemble", 1)
+    if not isinstance(k, int) or k < 1:
+        raise InputError(f"config.json: ensemble must be a whole number >= 1, found {k!r}", path=ckpt.path)
+    members = [TaskModel(ckpt.model_config(), conf["task"], labels, conf.get("head") or {}) for _ in range(k)]
+    model = members[0] if k == 1 else EnsembleTaskModel(members)
     ck.load_into(model, ckpt.state_dict, ckpt.path)
     model.eval()
     if device is not None:

@@ -27,6 +27,7 @@ from pretune.finetune.data import (
     subsample,
 )
 from pretune.finetune.encode import task_collate
+from pretune.finetune.ensemble import finetune_ensemble
 from pretune.finetune.model import (
     TaskModel,
     apply_freeze,
@@ -76,6 +77,9 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     sec: FinetuneSection = sections["finetune"].validate(source)
     tcfg = sections["train"]
     tcfg.validate(source)
+    if sec.ensemble > 1:  # K fine-tunes of this function, their probabilities averaged
+        return finetune_ensemble(sections, finetune, evaluate_file, resume=resume, overwrite=overwrite, source=source,
+                                 on_evaluate=on_evaluate, consistency=consistency)
     task, kind = sec.task, get_task(sec.task)
     if sec.uda_weight > 0 and consistency is None:
         raise ValueError("uda_weight > 0 needs the consistency term: pass consistency= (e.g. "

@@ -220,6 +220,9 @@ def export_hf(checkpoint: str | Path, out: str | Path, family: str = "auto", ove
     ckpt = open_checkpoint(checkpoint)
     out = Path(out)
     check_target(out, overwrite)
+    if ckpt.config.get("ensemble", 1) != 1:
+        raise InputError(f"an ensemble of {ckpt.config['ensemble']} fine-tuned models has no Hugging Face counterpart; "
+                         "export one of its members (members/member-0/model in its run directory)", path=ckpt.path)
     if "model" not in ckpt.config:
         raise InputError("config.json has no 'model' section: not a pretune checkpoint", path=ckpt.path)
     cfg = ModelConfig.from_dict(ckpt.config["model"], str(ckpt.path / ck.CONFIG))

@@ -127,3 +127,11 @@ def _prepare(out: Path, run_record: dict, resume: bool, overwrite: bool) -> bool
         files.lock_dir(out)
     dist.barrier()
     return False
+
+
+def run_differences(out: Path, run_record: dict) -> list[str] | None:
+    """Why `run_record` may not continue the run recorded in out/run.json (empty: it may; None: no record there)."""
+    record_file = Path(out) / "run.json"
+    if not record_file.is_file():
+        return None
+    return _differences(files.read_json(record_file), run_record)

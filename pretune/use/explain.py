@@ -96,26 +96,29 @@ def _integrated_gradients(model: TaskModel, input_ids, type_ids, content, alphas
     alphas = torch.cat([alphas, alphas.new_zeros(1)])  # the last row is the baseline itself
     n = len(alphas)
     scale = torch.where(content[None, :], alphas[:, None], torch.ones_like(alphas)[:, None])  # [n, T]
-    captured: dict[str, torch.Tensor] = {}
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []  # (e, x) per body: an ensemble has one per member
 
     def hook(module, args, output):  # output: word embeddings [n, T, H]
         e = output.detach()
         x = (e * scale.unsqueeze(-1).to(e.dtype)).requires_grad_(True)
-        captured["e"], captured["x"] = e, x
+        captured.append((e, x))
         return x
 
-    handle = model.body.embeddings.word.register_forward_hook(hook)
+    bodies = [m.body for m in getattr(model, "members", [model])]
+    handles = [b.embeddings.word.register_forward_hook(hook) for b in bodies]
     try:
         with torch.enable_grad():
             logits = model(input_ids.expand(n, -1), token_type_ids=type_ids.expand(n, -1))["logits"]
             p = logits.float().softmax(-1)[:, k]  # [n]
-            (grads,) = torch.autograd.grad(p.sum(), captured["x"])  # [n, T, H]
+            grads = torch.autograd.grad(p.sum(), [x for _, x in captured])  # each [n, T, H]
     finally:
-        handle.remove()
-    e = captured["e"][0]  # [T, H]; the baseline is 0 for content tokens, e elsewhere
-    diff = e * content[:, None].to(e.dtype)
-    scores = (diff.float() * grads[:-1].float().mean(0)).sum(-1)  # [T]
-    return scores.detach().cpu(), float(p[-1].detach())
+        for h in handles:
+            h.remove()
+    scores = torch.zeros(input_ids.shape[1])
+    for (e, _), g in zip(captured, grads, strict=True):  # every body's path: their sum is the ensemble's change
+        diff = e[0] * content[:, None].to(e.dtype)  # [T, H]; the baseline is 0 for content tokens, e elsewhere
+        scores += (diff.float() * g[:-1].float().mean(0)).sum(-1).detach().cpu()  # [T]
+    return scores, float(p[-1].detach())
 
 
 def explain(model: TaskModel, tok, text: str, text_b: str | None = None, target: str | None = None,
