@@ -357,8 +357,8 @@ def test_label_statistics_count_entities_for_tagging(tmp_path):
     conll = "a B-x\nb I-x\nc O\nd B-y\n\ne B-x\nf O\n"
     for split in ("train", "validation", "test"):
         (tmp_path / f"{split}.conll").write_text(conll)
-    cfg = load_config(None, ["finetune.task=\"tag\"", *[f"finetune.{s}=\"{tmp_path / (s + '.conll')}\""
-                                                         for s in ("train", "validation", "test")]])
+    paths = [f"finetune.{s}=\"{tmp_path / (s + '.conll')}\"" for s in ("train", "validation", "test")]
+    cfg = load_config(None, ["finetune.task=\"tag\"", "finetune.ensemble=1", *paths])
     stats = label_statistics(cfg.finetune)
     assert stats["unit"] == "entities"
     assert stats["counts"]["train"] == {"x": 2, "y": 1}

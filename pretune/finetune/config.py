@@ -128,7 +128,8 @@ class FinetuneSection:
             raise bad(f"max_span_width must be >= 1, got {self.max_span_width}")
         self._validate_seqtag(bad, source)
         if self.ensemble > 1 and self.task not in ("classify", "pair"):
-            raise bad("ensemble averages class probabilities: it applies to the tasks classify and pair only")
+            raise bad(f"ensemble averages class probabilities: it applies to the tasks classify and pair only; set "
+                      f"ensemble = 1 for task {self.task}")
         if not 0 < self.label_fraction <= 1:
             raise bad(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         self._validate_semi_supervised(bad)
