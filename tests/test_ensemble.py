@@ -72,6 +72,18 @@ def test_ensemble_averages_its_members(tiny_ckpt, data, tmp_path, capsys):
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["ensemble"] == 3 and 0 <= last["accuracy"] <= 1
 
+    # what has no meaning for K bodies is refused in one line, naming a member to use instead
+    texts_file = tmp_path / "t.txt"
+    texts_file.write_text("a small dog\n", encoding="utf-8")
+    capsys.readouterr()
+    embed = ["embed", "--from", str(out / "model"), "--input", str(texts_file), "--output", str(tmp_path / "X.npy")]
+    for args in (embed, ["export", str(out / "model"), "--out", str(tmp_path / "hf")],
+                 _args(out / "model", data, tmp_path / "again")):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "ensemble of 3" in err and "member-0" in err, err
+    assert not (tmp_path / "X.npy").exists() and not (tmp_path / "hf").exists()
+
     # --resume on a finished ensemble trains nothing again and gives the same model
     before = (out / "model" / "model.safetensors").read_bytes()
     capsys.readouterr()
