@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -78,9 +77,9 @@ def finetune_ensemble(sections: dict, run_one: Callable[..., dict], evaluate: Ca
     model = EnsembleTaskModel([m for m, _, _ in loaded])
     files.write_dir_atomic(out / "model", lambda tmp: ck.write_model_files(tmp, model, conf, tok))
 
-    from_disk = load_task_model(out / "model")  # score what was written
+    scored = (model, tok, conf)
     kind, metric = get_task(sec.task), members[0]["metric"]
-    val = kind.scalar_metrics(evaluate(from_disk, sec.validation), float("nan"))
+    val = kind.scalar_metrics(evaluate(scored, sec.validation), float("nan"))
     val.pop("loss", None)
     steps = sum(int(m["steps"]) for m in members)
     curves = files.read_metrics(out / "members" / "member-0")
@@ -88,10 +87,10 @@ def finetune_ensemble(sections: dict, run_one: Callable[..., dict], evaluate: Ca
     files.write_text(out / files.METRICS_LOG, "".join(json.dumps(r) + "\n" for r in lines))
     test_report = None
     if sec.test:
-        test_report = evaluate(from_disk, sec.test)
+        test_report = evaluate(scored, sec.test)
         files.write_json(out / "test_report.json", test_report)
     print(f"ensemble of {sec.ensemble}: validation {metric} {val.get(metric, float('nan')):.4f} (members: "
-          + ", ".join(f"{m['best']:.4f}" for m in members) + ")", file=sys.stdout)
+          + ", ".join(f"{m['best']:.4f}" for m in members) + ")")
     return {"out": str(out), "metric": metric, "best": val.get(metric), "validation": val, "test": test_report,
             "steps": steps, "n_train": members[0]["n_train"], "stopped_early": all(m["stopped_early"] for m in members),
             "warnings": members[0]["warnings"], "members": members}

@@ -178,14 +178,7 @@ def load_initial_weights(model: TaskModel, ckpt: ck.Checkpoint, head_options: di
     """Body from the checkpoint's body.*; its head too when it is a checkpoint of the same task, labels and head;
     else a [CLS]-pooled classifier's pooler from the checkpoint's `pooler.*` (a Hugging Face base model's pooler,
     kept on import). Returns what was loaded ("body", "body and pooler" or "body and head")."""
-    body = ckpt.weights("body.")
-    if not body:
-        if ckpt.config.get("ensemble", 1) != 1:  # members.<k>.body.*: K bodies, each in its own space
-            raise InputError(f"an ensemble of {ckpt.config['ensemble']} fine-tuned models has one body per member; "
-                             "use one member (members/member-0/model in its run directory) or the pretrained "
-                             "checkpoint", path=ckpt.path)
-        raise InputError("checkpoint holds no body.* weights; expected a pretune checkpoint", path=ckpt.path)
-    ck.load_into(model.body, body, ckpt.path)
+    ck.load_into(model.body, ckpt.body_weights(), ckpt.path)
     conf = ckpt.config
     same = (conf.get("task") == model.task and conf.get("labels") == model.labels
             and (conf.get("head") or {}) == head_options)

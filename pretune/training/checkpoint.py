@@ -136,6 +136,17 @@ class Checkpoint:
         """The tensors under `prefix` (e.g. "body."), with the prefix taken off their names."""
         return {k[len(prefix):]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
 
+    def body_weights(self) -> dict[str, torch.Tensor]:
+        """The body's tensors (body.*, prefix taken off); a checkpoint without them is refused, in one line."""
+        body = self.weights("body.")
+        if body:
+            return body
+        if self.config.get("ensemble", 1) != 1:  # members.<k>.body.*: K bodies, each in its own space
+            raise InputError(f"an ensemble of {self.config['ensemble']} fine-tuned models has one body per member; "
+                             "use one member (members/member-0/model in its run directory) or the pretrained "
+                             "checkpoint", path=self.path)
+        raise InputError("checkpoint holds no body.* weights; expected a pretune checkpoint", path=self.path)
+
     def trainer_state(self) -> dict | None:
         f = self.path / TRAINER_STATE
         return read_json(f) if f.is_file() else None

@@ -61,14 +61,10 @@ def _never_checkpointed(out: Path, run_record: dict) -> bool:
     early = ("run.json", files.METRICS_LOG, ".last.tmp", ".best.tmp", ".model.tmp")
     if any(p.name not in early and not p.name.startswith("events.out.tfevents") for p in files.dir_entries(out)):
         return False
-    record_file = out / "run.json"
-    if not record_file.is_file():
-        return False
     try:
-        old = files.read_json(record_file)
-    except InputError:
+        return run_differences(out, run_record) == []  # None: no run.json
+    except InputError:  # a damaged run.json
         return False
-    return not _differences(old, run_record)
 
 
 def _clear(out: Path) -> None:

@@ -29,13 +29,7 @@ def load_body(checkpoint, device: str | None = None) -> tuple[Transformer, Any, 
     ckpt = open_checkpoint(checkpoint)
     tok = ckpt.tokenizer()
     cfg = ckpt.model_config()
-    state = ckpt.weights("body.")
-    if not state:
-        if ckpt.config.get("ensemble", 1) != 1:  # members.<k>.body.*: K bodies, each in its own space
-            raise InputError(f"an ensemble of {ckpt.config['ensemble']} fine-tuned models has one body per member; "
-                             "use one member (members/member-0/model in its run directory) or the pretrained "
-                             "checkpoint", path=ckpt.path)
-        raise InputError("checkpoint holds no body.* weights; expected a pretune checkpoint", path=ckpt.path)
+    state = ckpt.body_weights()
     body = Transformer(cfg)
     ck.load_into(body, state, ckpt.path)
     return body.to(resolve_device(device or "auto")).eval(), tok, ckpt.config
