@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pretune.config import bounds, check_numbers
 from pretune.errors import InputError
 from pretune.interop.hf import open_checkpoint
 from pretune.model.transformer import PRESETS, ModelConfig, describe
+from pretune.pretrain.embed_init import EMBED_INITS, ppmi_embeddings
 from pretune.pretrain.objectives import OBJECTIVES, Objective, PretrainModel, Specials, build_objective
 from pretune.pretrain.shards import TokenShards, tokenizer_hash
 from pretune.pretrain.vocab import extend_vocabulary, read_word_list
@@ -49,6 +52,9 @@ class PretrainSection:
     head_warmup_steps: int = field(default=0, metadata=bounds(ge=0, help=
         "with init_from: the heads train alone for this many steps, the body held still (a checkpoint without an MLM "
         "head gets a random one: warm it up before it moves the body)"))
+    embed_init: str = field(default="random", metadata={
+        "help": "from scratch: initial token embeddings, random | ppmi (vectors factorised from the training "
+                "shards' co-occurrence counts, pretrain/embed_init.py)"})
     add_tokens: str | None = field(default=None, metadata={
         "help": "with init_from: file of domain words (one per line) to add to the vocabulary; new embedding rows "
                 "start as the mean of the word's old pieces (prepare the shards with `pretune vocab extend`'s "
@@ -71,6 +77,11 @@ class PretrainSection:
         if self.head_warmup_steps and not self.init_from:
             raise InputError("head_warmup_steps warms new heads up on a pretrained body: it needs init_from",
                              path=source)
+        if self.embed_init not in EMBED_INITS:
+            raise InputError(f"embed_init must be one of {EMBED_INITS}, got {self.embed_init!r}", path=source)
+        if self.embed_init != "random" and self.init_from:
+            raise InputError(f"embed_init = {self.embed_init!r} initialises a model trained from scratch; with "
+                             "init_from the checkpoint's embeddings are used", path=source)
         if self.add_tokens and not self.init_from:
             raise InputError("add_tokens extends a pretrained model's vocabulary: it needs init_from", path=source)
         taken = OBJECTIVES[self.objective].options
@@ -135,6 +146,27 @@ def evaluator(objective: Objective, dataset, batch_size: int, max_batches: int, 
     return evaluate
 
 
+def init_embeddings(model: PretrainModel, shards: TokenShards, tok, seed: int) -> None:
+    """Replace the random token embeddings of a new model with PPMI vectors from the training shards (the special
+    tokens keep theirs). Every rank computes the same vectors from the same shards and seed."""
+    weight = model.body.embeddings.word.weight  # [V, H]
+    keep = np.zeros(weight.shape[0], dtype=bool)
+    keep[[i for i in tok.special_ids if 0 <= i < len(keep)]] = True
+    start = time.perf_counter()
+    vectors = ppmi_embeddings(shards.tokens, shards.doc_offsets, weight.shape[0], weight.shape[1],
+                              std=float(weight.detach().std()), seed=seed, keep=keep)
+    if vectors is None:
+        if dist.is_main():
+            print("embed_init ppmi: too few distinct tokens co-occur in the corpus; random embeddings kept")
+        return
+    rows = ~np.isnan(vectors[:, 0])
+    with torch.no_grad():
+        weight[torch.from_numpy(rows)] = torch.from_numpy(vectors[rows]).to(weight.dtype)
+    if dist.is_main():
+        print(f"embed_init ppmi: {int(rows.sum())} of {len(rows)} token embeddings from co-occurrence counts "
+              f"({time.perf_counter() - start:.1f} s)")
+
+
 def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, model_values: dict | None = None,
              source=None) -> dict:
     """Run stage 1 from resolved config sections. Returns the trainer's summary."""
@@ -195,6 +227,8 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     val_data = objective.dataset(val_shards, sec.max_len)
     batches = BatchSource(train_data, tcfg.batch_size, objective.collate, seed=tcfg.seed)
     resume = prepare_out_dir(out, run_record, resume, overwrite)
+    if sec.embed_init == "ppmi" and not resume:
+        init_embeddings(model, train_shards, tok, tcfg.seed)
     if dist.is_main():
         print(describe(cfg, model.body.num_parameters() + sum(p.numel() for p in model.heads.parameters())))
     model_files = {"model": cfg.to_dict(), "objective": objective.name, "heads": sorted(model.heads.keys())}
