@@ -84,12 +84,12 @@ COMMON = ["--model-size", "tiny", "--max-len", "64", "--batch-size", "8", "--no-
           "--max-steps", "1", "--lr", "1e-9", "--warmup-steps", "0", "--eval-every", "1"]
 
 
-def test_pretraining_starts_from_the_vectors(tmp_path, capsys):
+def test_pretraining_from_scratch_starts_from_the_vectors(tmp_path, capsys):
     wordnet_shards(tmp_path, 1500, 800)
     shards = tmp_path / "shards"
-    assert main(["pretrain", "--shards", str(shards), "--out", str(tmp_path / "rand"), *COMMON]) == 0
-    assert main(["pretrain", "--shards", str(shards), "--out", str(tmp_path / "ppmi"), "--embed-init", "ppmi",
+    assert main(["pretrain", "--shards", str(shards), "--out", str(tmp_path / "rand"), "--embed-init", "random",
                  *COMMON]) == 0
+    assert main(["pretrain", "--shards", str(shards), "--out", str(tmp_path / "ppmi"), *COMMON]) == 0  # auto: ppmi
     assert "token embeddings from co-occurrence counts" in capsys.readouterr().out
     rand = load_checkpoint(tmp_path / "rand" / "model").state_dict["body.embeddings.word.weight"]
     got = load_checkpoint(tmp_path / "ppmi" / "model").state_dict["body.embeddings.word.weight"]

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.extmath import randomized_svd
 
-EMBED_INITS = ("random", "ppmi")
+EMBED_INITS = ("auto", "ppmi", "random")  # auto: ppmi for a model trained from scratch
 CHUNK_TOKENS = 4_000_000  # tokens counted at a time: bounded memory on any corpus
 CONTEXT_ALPHA = 0.75
 

@@ -52,9 +52,10 @@ class PretrainSection:
     head_warmup_steps: int = field(default=0, metadata=bounds(ge=0, help=
         "with init_from: the heads train alone for this many steps, the body held still (a checkpoint without an MLM "
         "head gets a random one: warm it up before it moves the body)"))
-    embed_init: str = field(default="random", metadata={
-        "help": "from scratch: initial token embeddings, random | ppmi (vectors factorised from the training "
-                "shards' co-occurrence counts, pretrain/embed_init.py)"})
+    embed_init: str = field(default="auto", metadata={
+        "help": "initial token embeddings of a model trained from scratch: ppmi (vectors factorised from the "
+                "training shards' co-occurrence counts, pretrain/embed_init.py) | random; auto = ppmi from scratch, "
+                "the checkpoint's with init_from"})
     add_tokens: str | None = field(default=None, metadata={
         "help": "with init_from: file of domain words (one per line) to add to the vocabulary; new embedding rows "
                 "start as the mean of the word's old pieces (prepare the shards with `pretune vocab extend`'s "
@@ -79,7 +80,7 @@ class PretrainSection:
                              path=source)
         if self.embed_init not in EMBED_INITS:
             raise InputError(f"embed_init must be one of {EMBED_INITS}, got {self.embed_init!r}", path=source)
-        if self.embed_init != "random" and self.init_from:
+        if self.embed_init not in ("auto", "random") and self.init_from:
             raise InputError(f"embed_init = {self.embed_init!r} initialises a model trained from scratch; with "
                              "init_from the checkpoint's embeddings are used", path=source)
         if self.add_tokens and not self.init_from:
@@ -227,7 +228,7 @@ def pretrain(sections: dict, resume: bool = False, overwrite: bool = False, mode
     val_data = objective.dataset(val_shards, sec.max_len)
     batches = BatchSource(train_data, tcfg.batch_size, objective.collate, seed=tcfg.seed)
     resume = prepare_out_dir(out, run_record, resume, overwrite)
-    if sec.embed_init == "ppmi" and not resume:
+    if sec.embed_init in ("auto", "ppmi") and init is None and not resume:
         init_embeddings(model, train_shards, tok, tcfg.seed)
     if dist.is_main():
         print(describe(cfg, model.body.num_parameters() + sum(p.numel() for p in model.heads.parameters())))
