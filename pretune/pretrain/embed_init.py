@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from sklearn.utils.extmath import randomized_svd
 
 EMBED_INITS = ("auto", "ppmi", "random")  # auto: ppmi for a model trained from scratch
-CHUNK_TOKENS = 4_000_000  # tokens counted at a time: bounded memory on any corpus
+CHUNK_TOKENS = 1_000_000  # tokens counted at a time: a few hundred MB at most on any corpus
 CONTEXT_ALPHA = 0.75
 
 
@@ -26,12 +26,11 @@ def cooccurrence_counts(tokens: np.ndarray, doc_offsets: np.ndarray, vocab_size:
                         max_tokens: int) -> sp.csr_matrix:
     """[V, V] symmetric window-weighted co-occurrence counts within documents, over the first `max_tokens` tokens."""
     n = min(len(tokens), max_tokens)
-    doc_id = np.searchsorted(doc_offsets, np.arange(n), side="right")  # [n] document of each token
     total = sp.csr_matrix((vocab_size, vocab_size), dtype=np.float64)
     for start in range(0, n, CHUNK_TOKENS):
         stop = min(n, start + CHUNK_TOKENS + window)  # overlap: pairs across the chunk border are counted once
         ids = np.asarray(tokens[start:stop], dtype=np.int64)
-        docs = doc_id[start:stop]
+        docs = np.searchsorted(doc_offsets, np.arange(start, stop), side="right")  # document of each token
         rows, cols, vals = [], [], []
         for d in range(1, window + 1):
             first = min(len(ids) - d, CHUNK_TOKENS)  # pairs (i, i + d) whose first token is in this chunk
@@ -64,7 +63,7 @@ def ppmi(counts: sp.csr_matrix, alpha: float = CONTEXT_ALPHA) -> sp.csr_matrix:
 
 
 def ppmi_embeddings(tokens: np.ndarray, doc_offsets: np.ndarray, vocab_size: int, dim: int, std: float,
-                    window: int = 4, max_tokens: int = 50_000_000, seed: int = 0,
+                    window: int = 4, max_tokens: int = 20_000_000, seed: int = 0,
                     keep: np.ndarray | None = None) -> np.ndarray | None:
     """[vocab_size, dim] float32 vectors with standard deviation `std` over the tokens seen, or None when the corpus
     has too few distinct co-occurring tokens to factorise. Rows of unseen tokens (and those `keep` marks, e.g. the
