@@ -167,8 +167,22 @@ def test_bias_trades_genes_for_background():
     g = gene(rng, 40)
     seq = filler(rng, 20) + g + filler(rng, 20)
     probs = np.tile([0.3, 0.5, 0.2], (len(seq), 1))  # undecided: log-odds of + is 0 everywhere
-    assert set(decode_orfs(seq, probs, 1, 2, OrfDecode(bias=-0.1)).tolist()) == {0}
-    assert (decode_orfs(seq, probs, 1, 2, OrfDecode(bias=0.1)) == 1).sum() == len(g)
+    assert set(decode_orfs(seq, probs, 1, 2, OrfDecode(bias=-0.1, score="odds")).tolist()) == {0}
+    assert (decode_orfs(seq, probs, 1, 2, OrfDecode(bias=0.1, score="odds")) == 1).sum() == len(g)
+    # against the background: log(0.5 / 0.3) = 0.51 per nucleotide
+    assert set(decode_orfs(seq, probs, 1, 2, OrfDecode(bias=-0.52)).tolist()) == {0}
+    assert (decode_orfs(seq, probs, 1, 2, OrfDecode(bias=-0.5)) == 1).sum() == len(g)
+
+
+@pytest.mark.parametrize("score", ["background", "odds"])
+def test_both_scores_recover_clear_genes(score):
+    rng = random.Random(6)
+    g1, g2 = gene(rng, 50), gene(rng, 40)
+    seq = filler(rng, 30) + g1 + filler(rng, 20) + rc(g2) + filler(rng, 30)
+    labels = "N" * 30 + "+" * len(g1) + "N" * 20 + "-" * len(g2) + "N" * 30
+    probs = noisy_probs(labels, np.random.default_rng(3), flip=0.15)
+    out = decode_orfs(seq, probs, 1, 2, OrfDecode(score=score))
+    assert "".join("N+-"[i] for i in out) == labels
 
 
 def test_merge_windows_applies_the_decoder_from_the_features():
@@ -193,7 +207,7 @@ def test_strand_labels_settings_and_config_are_checked():
         strand_label_ids(["N", "A", "B"])
     for bad, match in ((dict(starts=("AUG",)), "not a codon"), (dict(starts=()), "at least one"),
                        (dict(min_length=3), "min_length"), (dict(max_overlap=-1), "max_overlap"),
-                       (dict(bias=float("nan")), "bias")):
+                       (dict(bias=float("nan")), "bias"), (dict(score="viterbi"), "orf_score")):
         with pytest.raises(InputError, match=match):
             OrfDecode(**bad)
     assert OrfDecode.from_dict(OrfDecode(starts=("gtg", "ATG")).to_dict()).starts == ("ATG", "GTG")

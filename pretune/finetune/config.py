@@ -49,7 +49,10 @@ class FinetuneSection:
     orf_max_overlap: int = field(default=0, metadata=bounds(ge=0, help=
         "decode = orf: two ORFs on one strand may overlap by this many nucleotides (0: none)"))
     orf_bias: float = field(default=0.0, metadata={"help":
-        "decode = orf: added to every nucleotide's log-odds (> 0: more and longer genes, < 0: fewer)"})
+        "decode = orf: added to every nucleotide's score (> 0: more and longer genes, < 0: fewer)"})
+    orf_score: str = field(default="background", metadata={"help":
+        "decode = orf: a nucleotide's score on a strand, background (log p(strand) - log p(background)) or odds "
+        "(log p(strand) - log(1 - p(strand)))"})
     reverse_complement: bool = field(default=False, metadata={
         "help": "seqtag: also train on the reverse complement of every training sequence (labels reversed, the "
                 "label characters + and - swapped)"})
@@ -176,7 +179,7 @@ class FinetuneSection:
         if self.decode != "orf":
             return None
         return OrfDecode(parse_starts(self.orf_starts), self.orf_min_length, self.orf_max_overlap,
-                         float(self.orf_bias)).to_dict()
+                         float(self.orf_bias), self.orf_score).to_dict()
 
     def _validate_semi_supervised(self, bad) -> None:
         for name in ("pool_size", "self_training_rounds", "pseudo_top_k", "uda_batch_size"):

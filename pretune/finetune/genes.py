@@ -8,8 +8,11 @@ predicted segment has the exact start and end of a gene. This decoder only allow
    reverse strand the same is done on the reverse complement and mapped back (a reverse-strand ORF ends, on the
    forward coordinates, at the last nucleotide of its start codon). Every start codon before a stop is a candidate
    of its own (nested ORFs sharing one stop), so the scores choose the start.
-2. Scores: each nucleotide i and strand s get the log-odds of the strand's label against all others,
-   ``log p_s(i) - log(1 - p_s(i)) + bias``; an ORF scores the sum over its nucleotides (prefix sums).
+2. Scores: each nucleotide i and strand s get ``score_s(i) + bias``, an ORF the sum over its nucleotides (prefix
+   sums). ``score = "background"`` (the default): ``log p_s(i) - log p_N(i)``, the nucleotide coding on that strand
+   against not coding at all (N, the background label) -- the comparison the decoder makes, since what an ORF
+   does not cover becomes N. ``score = "odds"``: ``log p_s(i) - log(1 - p_s(i))``, that strand's label against all
+   others. (On the Kaptive validation loci "background" chose better genes; README "Gene sequences".)
 3. Choice: the set of ORFs with the largest total score, by weighted interval scheduling (dynamic programming over
    the ORFs sorted by end). ORFs may not overlap, except two ORFs of the same strand by at most ``max_overlap``
    nucleotides (operons: a stop codon overlapping the next start, ATGA); there the later ORF scores only the
@@ -32,6 +35,7 @@ import numpy as np
 from pretune.errors import InputError
 
 DECODERS = ("argmax", "orf")  # [finetune] decode
+SCORES = ("background", "odds")  # [finetune] orf_score
 STOPS = ("TAA", "TAG", "TGA")
 CODON_RE = "ACGT"
 _BASE = np.full(256, -1, dtype=np.int64)
@@ -49,6 +53,7 @@ class OrfDecode:
     min_length: int = 90
     max_overlap: int = 0
     bias: float = 0.0
+    score: str = "background"
     kind: str = field(default="orf", init=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +71,8 @@ class OrfDecode:
             raise InputError(f"orf_max_overlap must be an integer >= 0 nucleotides, got {self.max_overlap!r}")
         if not isinstance(self.bias, (int, float)) or not np.isfinite(self.bias):
             raise InputError(f"orf_bias must be a finite number, got {self.bias!r}")
+        if self.score not in SCORES:
+            raise InputError(f"orf_score must be one of {', '.join(SCORES)}, got {self.score!r}")
 
     def to_dict(self) -> dict:
         """JSON-ready (stored with a fine-tuned model's head options)."""
@@ -76,12 +83,13 @@ class OrfDecode:
     @classmethod
     def from_dict(cls, d: dict) -> OrfDecode:
         """The inverse of `to_dict` (unknown keys refused)."""
-        known = {"starts", "min_length", "max_overlap", "bias", "kind"}
+        known = {"starts", "min_length", "max_overlap", "bias", "score", "kind"}
         extra = set(d) - known
         if extra or d.get("kind", "orf") != "orf":
             raise InputError(f"unknown ORF decoder settings: {sorted(extra) or d.get('kind')}")
         return cls(starts=tuple(d.get("starts", ("ATG",))), min_length=int(d.get("min_length", 90)),
-                   max_overlap=int(d.get("max_overlap", 0)), bias=float(d.get("bias", 0.0)))
+                   max_overlap=int(d.get("max_overlap", 0)), bias=float(d.get("bias", 0.0)),
+                   score=str(d.get("score", "background")))
 
 
 def parse_starts(spec: str) -> tuple[str, ...]:
@@ -204,6 +212,15 @@ def choose_orfs(orfs: list[tuple[int, int, int]], cum: dict[int, np.ndarray],
     return sorted(chosen), total
 
 
+def nucleotide_scores(probs: np.ndarray, label: int, background: int, score: str,
+                      eps: float = 1e-6) -> np.ndarray:
+    """[n] the per-nucleotide score of coding with `label` (module docstring, step 2), without the bias."""
+    if score == "odds":
+        return log_odds(probs[:, label], eps)
+    p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1.0)
+    return np.log(p[:, label]) - np.log(p[:, background])
+
+
 def decode_orfs(seq: str, probs: np.ndarray, forward: int, reverse: int, settings: OrfDecode,
                 background: int = 0) -> np.ndarray:
     """[n] label ids for `seq` from per-nucleotide label probabilities `probs` [n, K]: the chosen ORFs (module
@@ -215,7 +232,8 @@ def decode_orfs(seq: str, probs: np.ndarray, forward: int, reverse: int, setting
                          f"probabilities of shape {probs.shape}")
     cum = {}
     for strand, label in ((1, forward), (-1, reverse)):
-        cum[strand] = np.concatenate([[0.0], np.cumsum(log_odds(probs[:, label]) + settings.bias)])
+        per_nt = nucleotide_scores(probs, label, background, settings.score) + settings.bias
+        cum[strand] = np.concatenate([[0.0], np.cumsum(per_nt)])
     chosen, _ = choose_orfs(candidate_orfs(seq, settings.starts, settings.min_length), cum, settings.max_overlap)
     out = np.full(n, background, dtype=np.int64)
     for b, e, s in chosen:
@@ -244,7 +262,7 @@ def with_decode(head_options: dict, task: str, decode: str | dict | None) -> dic
 
 
 _FLAGS = {"orf_starts": "starts", "orf_min_length": "min_length", "orf_max_overlap": "max_overlap",
-          "orf_bias": "bias"}
+          "orf_bias": "bias", "orf_score": "score"}
 
 
 def add_decode_flags(parser) -> None:
@@ -255,7 +273,9 @@ def add_decode_flags(parser) -> None:
     g.add_argument("--orf-min-length", type=int, default=None, help="shortest ORF in nucleotides (default 90)")
     g.add_argument("--orf-max-overlap", type=int, default=None,
                    help="same-strand ORFs may overlap by this many nucleotides (default 0)")
-    g.add_argument("--orf-bias", type=float, default=None, help="added to every nucleotide's log-odds (default 0)")
+    g.add_argument("--orf-bias", type=float, default=None, help="added to every nucleotide's score (default 0)")
+    g.add_argument("--orf-score", choices=SCORES, default=None,
+                   help="background: log p(strand) - log p(N) (default); odds: log p(strand) / (1 - p(strand))")
 
 
 def decode_from_flags(args) -> str | dict | None:
