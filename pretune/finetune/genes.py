@@ -12,7 +12,8 @@ predicted segment has the exact start and end of a gene. This decoder only allow
    sums). ``score = "background"`` (the default): ``log p_s(i) - log p_N(i)``, the nucleotide coding on that strand
    against not coding at all (N, the background label) -- the comparison the decoder makes, since what an ORF
    does not cover becomes N. ``score = "odds"``: ``log p_s(i) - log(1 - p_s(i))``, that strand's label against all
-   others. (On the Kaptive validation loci "background" chose better genes; README "Gene sequences".)
+   others. (On the Kaptive validation loci the two tie at the best settings and "background" is better with short
+   ORFs allowed; README "Gene sequences".)
 3. Choice: the set of ORFs with the largest total score, by weighted interval scheduling (dynamic programming over
    the ORFs sorted by end). ORFs may not overlap, except two ORFs of the same strand by at most ``max_overlap``
    nucleotides (operons: a stop codon overlapping the next start, ATGA); there the later ORF scores only the
