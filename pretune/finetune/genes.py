@@ -38,7 +38,7 @@ from pretune.errors import InputError
 DECODERS = ("argmax", "orf")  # [finetune] decode
 SCORES = ("background", "odds")  # [finetune] orf_score
 STOPS = ("TAA", "TAG", "TGA")
-CODON_RE = "ACGT"
+NUCLEOTIDES = "ACGT"  # codon code = 16 * a + 4 * b + c over these
 _BASE = np.full(256, -1, dtype=np.int64)
 for _i, _c in enumerate("ACGT"):
     _BASE[ord(_c)] = _i
@@ -131,7 +131,7 @@ def _codons(seq: str) -> np.ndarray:
 
 
 def _code(codon: str) -> int:
-    return 16 * CODON_RE.index(codon[0]) + 4 * CODON_RE.index(codon[1]) + CODON_RE.index(codon[2])
+    return 16 * NUCLEOTIDES.index(codon[0]) + 4 * NUCLEOTIDES.index(codon[1]) + NUCLEOTIDES.index(codon[2])
 
 
 def find_orfs(seq: str, starts: tuple[str, ...] = ("ATG",), min_length: int = 90) -> list[tuple[int, int]]:
