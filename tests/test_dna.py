@@ -262,7 +262,7 @@ def test_masking_rate_on_whitespace_free_text(dna_items, objective, capsys):
 # ---------------------------------------------------------------------------------------------------- end to end
 
 
-def test_tiny_end_to_end_cli_run_on_the_bundled_slice(tmp_path):
+def test_tiny_end_to_end_cli_run_on_the_bundled_slice(tmp_path, capsys):
     d = tmp_path
     assert main(["tokenizer", "train", str(DNA / "corpus.txt.gz"), "--kind", "char", "--out", str(d / "tok.json")]) == 0
     assert main(["prepare", str(DNA / "corpus.txt.gz"), "--tokenizer", str(d / "tok.json"),
@@ -309,6 +309,14 @@ def test_tiny_end_to_end_cli_run_on_the_bundled_slice(tmp_path):
         assert len(piece) >= 60
     assert main(["evaluate", "--from", str(d / "ft" / "model"), "--data", str(DNA / "test.tsv.gz"),
                  "--orf-bias", "1"]) == 2  # an --orf-* flag without --decode orf
+    # fine-tuning on from a fine-tuned model with another decoder keeps its head (decoding is not a weight)
+    capsys.readouterr()
+    assert main(["finetune", "--task", "seqtag", "--from", str(d / "ft" / "model"),
+                 "--train", str(DNA / "train.tsv.gz"), "--validation", str(DNA / "validation.tsv.gz"),
+                 "--out", str(d / "ft2"), "--max-len", "64",
+                 "--label-map", "N,+,-", "--decode", "orf", "--orf-bias", "5", "--max-steps", "1", "--min-steps", "0",
+                 "--batch-size", "16", "--no-progress"]) == 0
+    assert "weights loaded: body and head" in capsys.readouterr().out
 
 
 def test_codon_frame_features_count_trinucleotides_per_frame():

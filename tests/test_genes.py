@@ -217,7 +217,8 @@ def test_strand_labels_settings_and_config_are_checked():
     assert "decode" not in FinetuneSection(**base).validate().head_options()
     for kwargs, match in ((dict(decode="viterbi"), "decode must be one of"),
                           (dict(decode="orf", orf_starts="XYZ"), "not a codon"),
-                          (dict(decode="orf", label_map="0=a,1=b,2=c"), "forward strand")):
+                          (dict(decode="orf", label_map="0=a,1=b,2=c"), "forward strand"),
+                          (dict(orf_min_length=300), "applies with decode = 'orf'")):
         with pytest.raises(InputError, match=match):
             FinetuneSection(**base, **kwargs).validate()
     with pytest.raises(InputError, match="seqtag only"):

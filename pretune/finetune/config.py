@@ -160,6 +160,10 @@ class FinetuneSection:
         names = parse_label_map(self.label_map, source)
         if self.decode not in DECODERS:
             raise bad(f"decode must be one of {', '.join(DECODERS)}, got {self.decode!r}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name.startswith("orf_")}
+        changed = [k for k, v in defaults.items() if getattr(self, k) != v]
+        if changed and self.decode != "orf":
+            raise bad(f"{changed[0]} applies with decode = 'orf' (decode is {self.decode!r})")
         try:
             settings = self.decode_settings()
             if settings and names:
