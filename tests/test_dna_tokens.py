@@ -62,6 +62,10 @@ def test_overlapping_kmers_one_token_per_nucleotide(kmer6, tmp_path):
     assert len(train_tokenizer(["ACGTACGT"], kind="kmer6").encode("ACGTACGT").ids) == 2
     with pytest.raises(InputError, match="overlapping"):
         kmer6.add_tokens(["ACG"])
+    from pretune.interop.hf_export import _tokenizer_files
+
+    with pytest.raises(InputError, match="cannot be exported"):  # transformers would cut non-overlapping k-mers
+        _tokenizer_files(kmer6, None, "bert", tmp_path)
 
 
 def test_overlapping_kmer_labels_are_one_to_one_through_windows_and_merge(kmer6):
