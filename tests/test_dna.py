@@ -262,7 +262,7 @@ def test_masking_rate_on_whitespace_free_text(dna_items, objective, capsys):
 # ---------------------------------------------------------------------------------------------------- end to end
 
 
-def test_tiny_end_to_end_cli_run_on_the_bundled_slice(tmp_path):
+def test_tiny_end_to_end_cli_run_on_the_bundled_slice(tmp_path, capsys):
     d = tmp_path
     assert main(["tokenizer", "train", str(DNA / "corpus.txt.gz"), "--kind", "char", "--out", str(d / "tok.json")]) == 0
     assert main(["prepare", str(DNA / "corpus.txt.gz"), "--tokenizer", str(d / "tok.json"),
@@ -292,6 +292,31 @@ def test_tiny_end_to_end_cli_run_on_the_bundled_slice(tmp_path):
     preds = [json.loads(ln) for ln in (d / "pred.jsonl").read_text().splitlines()]
     assert [len(p["prediction"]["labels"]) for p in preds] == [1000, 8]
     assert preds[1]["sequence"] == "ACGTTGCA" and set(preds[0]["prediction"]["labels"]) <= set("N+-")
+    # the ORF decoder, chosen at evaluate / predict time: every predicted segment is a whole ORF
+    assert main(["evaluate", "--from", str(d / "ft" / "model"), "--data", str(DNA / "test.tsv.gz"),
+                 "--out", str(d / "orf.json"), "--decode", "orf", "--orf-bias", "5"]) == 0
+    orf = json.loads((d / "orf.json").read_text())
+    assert orf["support"] == report["support"] and orf["predictions"][0]["segments"]
+    assert main(["predict", "--from", str(d / "ft" / "model"), "--input", str(d / "raw.txt"), "--decode", "orf",
+                 "--orf-starts", "ATG,GTG", "--orf-min-length", "60", "--orf-bias", "5",
+                 "--output", str(d / "orf.jsonl")]) == 0
+    pred = json.loads((d / "orf.jsonl").read_text().splitlines()[0])["prediction"]
+    assert pred["segments"] and len(pred["labels"]) == 1000
+    for seg in pred["segments"]:
+        piece = seqs[0][seg["start"]: seg["end"]]
+        piece = piece if seg["label"] == "+" else reverse_complement(piece, None, {})[0]
+        assert piece[:3] in ("ATG", "GTG") and piece[-3:] in ("TAA", "TAG", "TGA") and len(piece) % 3 == 0
+        assert len(piece) >= 60
+    assert main(["evaluate", "--from", str(d / "ft" / "model"), "--data", str(DNA / "test.tsv.gz"),
+                 "--orf-bias", "1"]) == 2  # an --orf-* flag without --decode orf
+    # fine-tuning on from a fine-tuned model with another decoder keeps its head (decoding is not a weight)
+    capsys.readouterr()
+    assert main(["finetune", "--task", "seqtag", "--from", str(d / "ft" / "model"),
+                 "--train", str(DNA / "train.tsv.gz"), "--validation", str(DNA / "validation.tsv.gz"),
+                 "--out", str(d / "ft2"), "--max-len", "64",
+                 "--label-map", "N,+,-", "--decode", "orf", "--orf-bias", "5", "--max-steps", "1", "--min-steps", "0",
+                 "--batch-size", "16", "--no-progress"]) == 0
+    assert "weights loaded: body and head" in capsys.readouterr().out
 
 
 def test_codon_frame_features_count_trinucleotides_per_frame():

@@ -10,6 +10,7 @@ from pretune.config import add_flags
 from pretune.errors import InputError
 from pretune.evaluate.metrics import format_report
 from pretune.finetune.config import SECTIONS, load_finetune_sections
+from pretune.finetune.genes import add_decode_flags, decode_from_flags
 from pretune.finetune.stage import evaluate_file
 from pretune.semisup.selftrain import format_rounds, run_finetune
 from pretune.training import distributed as dist
@@ -42,7 +43,7 @@ def cmd_evaluate(args) -> None:
     out = Path(args.out) if args.out else None
     if out is not None:
         files.check_output(out, args.overwrite)
-    report = evaluate_file(args.checkpoint, args.data, batch_size=args.batch_size)
+    report = evaluate_file(args.checkpoint, args.data, batch_size=args.batch_size, decode=decode_from_flags(args))
     print(format_report(report))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,5 +69,6 @@ def register_cli(sub) -> None:
     ev.add_argument("--out", default=None, help="write the report (with predictions) as JSON here")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_decode_flags(ev)
     add_threads_flag(ev)
     ev.set_defaults(func=cmd_evaluate)

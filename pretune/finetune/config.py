@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from pretune.config import bounds, check_numbers, load_sections
 from pretune.errors import InputError
+from pretune.finetune.genes import DECODERS, OrfDecode, parse_starts, strand_label_ids
 from pretune.finetune.tasks import TASKS, get_task
 from pretune.model.heads import POOLING
 from pretune.text.sequences import parse_label_map, strand_swap
@@ -38,6 +39,20 @@ class FinetuneSection:
     smooth: int = field(default=0, metadata={
         "help": "seqtag: average each character's label probabilities over this many characters before choosing "
                 "its label (0: off): fewer, longer segments"})
+    decode: str = field(default="argmax", metadata={
+        "help": "seqtag: argmax (each character its most probable label) | orf (DNA: the best set of open reading "
+                "frames on both strands, scored by the model, everything else the background; "
+                "pretune.finetune.genes)"})
+    orf_starts: str = field(default="ATG", metadata={"help": "decode = orf: start codons, e.g. ATG or ATG,GTG,TTG"})
+    orf_min_length: int = field(default=90, metadata=bounds(ge=6, help=
+        "decode = orf: shortest ORF in nucleotides, start and stop codons included"))
+    orf_max_overlap: int = field(default=0, metadata=bounds(ge=0, help=
+        "decode = orf: two ORFs on one strand may overlap by this many nucleotides (0: none)"))
+    orf_bias: float = field(default=0.0, metadata={"help":
+        "decode = orf: added to every nucleotide's score (> 0: more and longer genes, < 0: fewer)"})
+    orf_score: str = field(default="background", metadata={"help":
+        "decode = orf: a nucleotide's score on a strand, background (log p(strand) - log p(background)) or odds "
+        "(log p(strand) - log(1 - p(strand)))"})
     reverse_complement: bool = field(default=False, metadata={
         "help": "seqtag: also train on the reverse complement of every training sequence (labels reversed, the "
                 "label characters + and - swapped)"})
@@ -137,11 +152,24 @@ class FinetuneSection:
 
     def _validate_seqtag(self, bad, source) -> None:
         seq_keys = [k for k in ("label_map", "window_overlap", "reverse_complement", "smooth") if getattr(self, k)]
+        seq_keys += ["decode"] if self.decode != "argmax" else []
         if self.smooth < 0:
             raise bad(f"smooth must be >= 0 characters, got {self.smooth}")
         if self.task != "seqtag" and seq_keys:
             raise bad(f"{seq_keys[0]} applies to task seqtag only")
         names = parse_label_map(self.label_map, source)
+        if self.decode not in DECODERS:
+            raise bad(f"decode must be one of {', '.join(DECODERS)}, got {self.decode!r}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name.startswith("orf_")}
+        changed = [k for k, v in defaults.items() if getattr(self, k) != v]
+        if changed and self.decode != "orf":
+            raise bad(f"{changed[0]} applies with decode = 'orf' (decode is {self.decode!r})")
+        try:
+            settings = self.decode_settings()
+            if settings and names:
+                strand_label_ids(list(names.values()))
+        except InputError as e:
+            raise bad(str(e)) from None
         if self.reverse_complement:
             strand_swap(names, source)
         if self.window_overlap is not None and not 0 <= self.window_overlap <= (self.max_len - 2) // 2:
@@ -149,6 +177,13 @@ class FinetuneSection:
                       f"{self.max_len}), got {self.window_overlap}")
         if self.task == "seqtag" and self.all_subwords:
             raise bad("all_subwords applies to task tag only")
+
+    def decode_settings(self) -> dict | None:
+        """The seqtag decoder's settings as stored with the model's head options (None: the argmax)."""
+        if self.decode != "orf":
+            return None
+        return OrfDecode(parse_starts(self.orf_starts), self.orf_min_length, self.orf_max_overlap,
+                         float(self.orf_bias), self.orf_score).to_dict()
 
     def _validate_semi_supervised(self, bad) -> None:
         for name in ("pool_size", "self_training_rounds", "pseudo_top_k", "uda_batch_size"):

@@ -174,6 +174,13 @@ def load_task_model(path: str | Path, device: str | torch.device | None = None) 
     return model, tok, conf
 
 
+DECODE_OPTIONS = ("smooth", "decode")  # seqtag head options that change how outputs are read, not the weights
+
+
+def _weights_options(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k not in DECODE_OPTIONS}
+
+
 def load_initial_weights(model: TaskModel, ckpt: ck.Checkpoint, head_options: dict) -> str:
     """Body from the checkpoint's body.*; its head too when it is a checkpoint of the same task, labels and head;
     else a [CLS]-pooled classifier's pooler from the checkpoint's `pooler.*` (a Hugging Face base model's pooler,
@@ -181,7 +188,7 @@ def load_initial_weights(model: TaskModel, ckpt: ck.Checkpoint, head_options: di
     ck.load_into(model.body, ckpt.body_weights(), ckpt.path)
     conf = ckpt.config
     same = (conf.get("task") == model.task and conf.get("labels") == model.labels
-            and (conf.get("head") or {}) == head_options)
+            and _weights_options(conf.get("head") or {}) == _weights_options(head_options))
     if same:
         ck.load_into(model.head, ckpt.weights("head."), ckpt.path)
         return "body and head"

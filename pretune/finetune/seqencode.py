@@ -6,7 +6,8 @@ token per character; with k-mers or subwords: the token covering it). A token is
 character and its prediction is given to every character it covers. Sequences longer than max_len - 2 tokens
 are cut into windows that share `overlap` tokens; each token takes its prediction from the window where it lies
 farthest from a cut edge. With `smooth` > 1 each character's label probabilities are averaged over the `smooth`
-characters around it before the argmax (fewer, longer segments).
+characters around it before the argmax (fewer, longer segments). With a ``decode`` setting (``{"kind": "orf", ...}``)
+the labels come from the gene-structure decoder of `pretune.finetune.genes` instead of the argmax.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from pretune.errors import InputError
 from pretune.finetune.encode import IGNORE, EncodeStats
+from pretune.finetune.genes import OrfDecode, decode_orfs, strand_label_ids
 from pretune.text.labeled import Example, LabelMap
 
 
@@ -50,10 +52,11 @@ def sequence_windows(n: int, cap: int, overlap: int) -> list[tuple[int, int]]:
 
 
 def encode_sequences(examples: list[Example], tokenizer: Any, labels: LabelMap | None, max_len: int, overlap: int,
-                     source: str | Path | None = None, smooth: int = 0) -> tuple[list[dict], EncodeStats]:
+                     source: str | Path | None = None, smooth: int = 0,
+                     decode: dict | None = None) -> tuple[list[dict], EncodeStats]:
     """One feature per window: input_ids [CLS] tokens [SEP], "labels" (the token's first character's label id;
     -100 at [CLS]/[SEP]; absent without labels), "token_offset", "example"; the first window of each example also
-    carries "char_token" (see `char_to_token`), "n_tokens" and "smooth" (for `merge_windows`)."""
+    carries "char_token" (see `char_to_token`), "n_tokens", "smooth" and "decode" (for `merge_windows`)."""
     if max_len < 3:
         raise InputError(f"max_len {max_len} is too small for task 'seqtag'")
     cls_id, sep_id = int(tokenizer.specials.cls), int(tokenizer.specials.sep)
@@ -82,6 +85,7 @@ def encode_sequences(examples: list[Example], tokenizer: Any, labels: LabelMap |
                 feat["labels"] = [IGNORE, *token_labels[a:b], IGNORE]
             if w == 0:
                 feat["char_token"], feat["n_tokens"], feat["smooth"] = char_token, len(ids), smooth
+                feat["decode"] = decode
             features.append(feat)
     return features, stats
 
@@ -97,9 +101,9 @@ def smooth_probs(probs: np.ndarray, width: int) -> np.ndarray:
     return ((cum[hi] - cum[lo]) / (hi - lo)[:, None]).astype(np.float32)
 
 
-def merge_windows(n_labels: int, examples: list[Example], features: list[dict], outputs: list) -> list:
-    """Per example: (label id per character [n_chars] int array, its probability [n_chars] float array), from the
-    token probabilities of each window ([n_window_tokens, K] per feature)."""
+def merge_probs(n_labels: int, examples: list[Example], features: list[dict], outputs: list) -> list[np.ndarray]:
+    """Per example: the label probabilities of every character [n_chars, K] (smoothed when the features ask for
+    it), from the token probabilities of each window ([n_window_tokens, K] per feature)."""
     n_tokens = {f["example"]: f["n_tokens"] for f in features if "n_tokens" in f}
     char_token = {f["example"]: f["char_token"] for f in features if "char_token" in f}
     smooth = {f["example"]: int(f.get("smooth", 0)) for f in features if "char_token" in f}
@@ -115,8 +119,23 @@ def merge_windows(n_labels: int, examples: list[Example], features: list[dict], 
         take = score > best[i][a: a + m]
         probs[i][a: a + m][take] = p[take]
         best[i][a: a + m][take] = score[take]
+    return [smooth_probs(probs[i][char_token[i]], smooth[i]) for i in range(len(examples))]
+
+
+def merge_windows(n_labels: int, examples: list[Example], features: list[dict], outputs: list,
+                  names: list[str] | None = None) -> list:
+    """Per example: (label id per character [n_chars] int array, its probability [n_chars] float array), from the
+    token probabilities of each window ([n_window_tokens, K] per feature): the argmax, or with a "decode" setting
+    in the features the ORF decoder's labels (it needs the label `names` to find the strands)."""
+    decode = {f["example"]: f.get("decode") for f in features if "char_token" in f}
     merged = []
-    for i in range(len(examples)):
-        chars = smooth_probs(probs[i][char_token[i]], smooth[i])  # [n_chars, K]
-        merged.append((chars.argmax(-1), chars.max(-1)))
+    for i, chars in enumerate(merge_probs(n_labels, examples, features, outputs)):
+        if decode.get(i):
+            if names is None:
+                raise InputError("the ORF decoder needs the label names")
+            fwd, rev = strand_label_ids(names)
+            ids = decode_orfs(examples[i].text or "", chars, fwd, rev, OrfDecode.from_dict(decode[i]))
+        else:
+            ids = chars.argmax(-1)
+        merged.append((ids, chars[np.arange(len(ids)), ids]))
     return merged

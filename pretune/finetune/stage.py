@@ -28,6 +28,7 @@ from pretune.finetune.data import (
 )
 from pretune.finetune.encode import task_collate
 from pretune.finetune.ensemble import finetune_ensemble
+from pretune.finetune.genes import with_decode
 from pretune.finetune.model import (
     TaskModel,
     apply_freeze,
@@ -209,15 +210,17 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
     }
 
 
-def evaluate_file(checkpoint, data: str | Path, batch_size: int = 32) -> dict:
+def evaluate_file(checkpoint, data: str | Path, batch_size: int = 32, decode: str | dict | None = None) -> dict:
     """Evaluate a fine-tuned checkpoint (a path, or a (model, tokenizer, config) tuple) on a labeled file.
+    seqtag: `decode` replaces the model's decoder (see `pretune.finetune.genes.with_decode`; None keeps it).
 
     Returns the task's report plus "predictions" (one per example, as `pretune predict` writes them)."""
     model, tok, conf = checkpoint if isinstance(checkpoint, tuple) else load_task_model(checkpoint)
+    head_options = with_decode(model.head_options, model.task, decode)
     fields = conf.get("fields") or {}
     examples = read_examples(data, model.task, **fields)
     data_ = encode_split(data, examples, model.task, tok, LabelMap(model.labels), conf.get("max_len", 128),
-                         model.head_options)
+                         head_options)
     for w in length_warnings(data_, model.task, conf.get("max_len", 128)):
         print(f"pretune: warning: {w}", file=sys.stderr)
     report, merged, _ = evaluate_data(model, tok, data_, batch_size)

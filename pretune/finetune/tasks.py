@@ -343,7 +343,9 @@ class SeqTag(Task):
 
     def head_options(self, sec) -> dict:
         overlap = sec.window_overlap if sec.window_overlap is not None else sec.max_len // 4
-        return {"window_overlap": overlap, **({"smooth": sec.smooth} if sec.smooth > 1 else {})}
+        decode = sec.decode_settings()
+        return {"window_overlap": overlap, **({"smooth": sec.smooth} if sec.smooth > 1 else {}),
+                **({"decode": decode} if decode else {})}
 
     def head(self, cfg: ModelConfig, labels: list[str], options: dict) -> nn.Module:
         return TokenClassificationHead(cfg, len(labels))
@@ -351,7 +353,8 @@ class SeqTag(Task):
     def encode(self, examples: list[Example], tok, labels: LabelMap | None, max_len: int, options: dict,
                source: str | Path | None = None) -> tuple[list[dict], EncodeStats]:
         overlap = int(options.get("window_overlap", max_len // 4))
-        return encode_sequences(examples, tok, labels, max_len, overlap, source, int(options.get("smooth", 0)))
+        return encode_sequences(examples, tok, labels, max_len, overlap, source, int(options.get("smooth", 0)),
+                                options.get("decode"))
 
     def length_warnings(self, stats: EncodeStats, where: Path, max_len: int) -> list[str]:
         return []  # long sequences are the rule here; windows are merged back per character
@@ -373,7 +376,7 @@ class SeqTag(Task):
 
     def merge(self, labels: list[str], examples: list[Example], features: list[dict], outputs: list) -> list:
         """Per example: (label id per character, its probability), as numpy arrays."""
-        return merge_windows(len(labels), examples, features, outputs)
+        return merge_windows(len(labels), examples, features, outputs, labels)
 
     def report(self, labels: LabelMap, examples: list[Example], merged: list, source=None) -> dict:
         true = []

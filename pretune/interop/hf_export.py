@@ -36,6 +36,10 @@ def _tokenizer_files(tok: PretuneTokenizer, cfg: ModelConfig, family: str, out: 
     """tokenizer.json (+ vocab.txt or vocab.json/merges.txt) and tokenizer_config.json for `transformers`.
 
     Encoders get a post-processor framing text as pretune does ([CLS] A [SEP] B [SEP]); GPT-2 adds nothing."""
+    if getattr(tok, "kmer_overlap", 0):
+        raise InputError(f"an overlapping k-mer tokenizer (kmer{tok.kmer_overlap}-overlap) cannot be exported: "
+                         "tokenizers has no model for overlapping pieces, so transformers would cut the text into "
+                         "non-overlapping k-mers; split sequences into overlapping k-mers yourself (DNABERT-1 style)")
     inner = Tokenizer.from_str(tok.inner.to_str())
     inner.no_truncation()
     inner.no_padding()

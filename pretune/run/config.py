@@ -19,7 +19,7 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[corpus] field` | `"text"` | JSONL field or CSV/TSV/parquet column holding the text |
 | `[corpus] doc_split` | `"line"` | txt: a document per `line`, or per `blank`-line-separated block |
 | `[corpus] validation_fraction` | `0.05` | documents held out to validate pretraining |
-| `[tokenizer] kind` | `"wordpiece"` | `wordpiece`, `bpe`, `bytelevel-bpe`, `unigram`, `char`, `kmer3`..`kmer6` |
+| `[tokenizer] kind` | `"wordpiece"` | wordpiece, bpe, bytelevel-bpe, unigram, char, kmerK, kmerK-overlap (K 3..6) |
 | `[tokenizer] vocab_size` | `8000` | vocabulary size (specials included) |
 | `[tokenizer] min_frequency` | `2` | rarest pair/piece kept |
 | `[tokenizer] lowercase` | `false` | lowercase (and strip accents, WordPiece) before tokenizing |

@@ -31,11 +31,12 @@ from tokenizers import (
 from pretune.errors import InputError
 from pretune.files import input_file, write_text
 from pretune.text.hf_tokenizer import is_hf_folder, read_hf_tokenizer, read_text, read_tokenizer_json
+from pretune.text.kmers import OVERLAP_KINDS, OverlapEncoder, overlap_k, train_overlap
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 when trained
 KMER_KINDS = ("kmer3", "kmer4", "kmer5", "kmer6")  # non-overlapping k-mers of whitespace-free text such as DNA
 KINDS = ("wordpiece", "bpe", "bytelevel-bpe", "unigram", "char")  # for any text
-ALL_KINDS = (*KINDS, *KMER_KINDS)
+ALL_KINDS = (*KINDS, *KMER_KINDS, *OVERLAP_KINDS)  # OVERLAP_KINDS: one k-mer per character (pretune.text.kmers)
 
 CONTINUING_PREFIX = "##"  # WordPiece: marks a piece that continues a word
 END_OF_WORD = "</w>"  # BPE: glued to the last character of every word
@@ -72,6 +73,8 @@ class PretuneTokenizer:
         self.specials = _find_specials(inner, source)
         _register_specials(inner, self.specials)
         self.special_ids = self._collect_special_ids()
+        self.kmer_overlap = overlap_k(inner)  # k of an overlapping k-mer tokenizer, else 0
+        self._overlap = OverlapEncoder(inner, self.kmer_overlap) if self.kmer_overlap else None
 
     def _collect_special_ids(self) -> frozenset[int]:
         s = self.specials
@@ -86,23 +89,33 @@ class PretuneTokenizer:
 
     def encode(self, text: str) -> Encoding:
         """Encode one text, no special tokens; `.offsets` index `text`, `.word_ids` its pre-split words."""
+        if self._overlap is not None:
+            return self._overlap.encode(text)
         return self.inner.encode(text, add_special_tokens=False)
 
     def encode_batch(self, texts: list[str]) -> list[Encoding]:
         """Encode many texts in parallel (Rust batch encoder), without special tokens."""
+        if self._overlap is not None:
+            return [self._overlap.encode(t) for t in texts]
         return self.inner.encode_batch(list(texts), add_special_tokens=False)
 
     def encode_words(self, words: list[str]) -> Encoding:
         """Encode a pre-split text; `.word_ids` index `words`, `.offsets` are offsets within each word."""
+        if self._overlap is not None:
+            return self._overlap.encode_words(list(words))
         return self.inner.encode(list(words), is_pretokenized=True, add_special_tokens=False)
 
     def encode_words_batch(self, batch: list[list[str]]) -> list[Encoding]:
         """`encode_words` for many word lists, in parallel."""
+        if self._overlap is not None:
+            return [self._overlap.encode_words(list(w)) for w in batch]
         return self.inner.encode_batch(
             [list(w) for w in batch], is_pretokenized=True, add_special_tokens=False
         )
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        if self._overlap is not None:
+            return self._overlap.decode(self.inner, list(ids), skip_special_tokens)
         return self.inner.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def token_to_id(self, token: str) -> int | None:
@@ -118,6 +131,8 @@ class PretuneTokenizer:
         lowercasing tokenizer) and the id returned is that of the normalized form. Words already in the
         vocabulary keep their id and are not added again (adding them would change how other words split).
         """
+        if self.kmer_overlap:
+            raise InputError("tokens cannot be added to an overlapping k-mer tokenizer (every token is a k-mer)")
         ids: list[int] = []
         for word in words:
             if not isinstance(word, str) or not word.strip():
@@ -263,7 +278,8 @@ def train_tokenizer(
     (vocab_size, min_frequency and limit_alphabet ignored); decode joins the characters without spaces.
     kmer3 ... kmer6: each whitespace-separated word cut into non-overlapping k-mers from its start (the last one
     shorter), one token each: every piece of the corpus is in the vocabulary (vocab_size, min_frequency and
-    limit_alphabet ignored); offsets map each token back to its k characters.
+    limit_alphabet ignored); offsets map each token back to its k characters. kmer3-overlap ... kmer6-overlap: one
+    k-mer per character, stride 1, DNABERT-1 style (`pretune.text.kmers`).
     min_frequency is ignored by unigram; limit_alphabet applies to wordpiece and bpe only.
     wordpiece / bpe: when `texts` can be iterated twice (a list, a `pretune.text.corpus.Corpus`) a first pass
     fixes the ids the trainer would otherwise give in hash order, and the vocabulary is the same in every run; a
@@ -286,6 +302,8 @@ def train_tokenizer(
         tok = _train_char(stream, lowercase)
     elif kind in KMER_KINDS:
         tok = _train_kmer(stream, int(kind[4:]), lowercase)
+    elif kind in OVERLAP_KINDS:
+        tok = train_overlap(stream, int(kind[4]), lowercase, SPECIAL_TOKENS)
     else:
         tok = _untrained(kind, lowercase)
         trainer = _trainer(kind, vocab_size, min_frequency, limit_alphabet)

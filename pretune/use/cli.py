@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from pretune import files
+from pretune.finetune.genes import add_decode_flags, decode_from_flags
 from pretune.finetune.model import load_task_model
 from pretune.training.config import resolve_device
 from pretune.training.threads import add_threads_flag
@@ -18,7 +19,7 @@ from pretune.use.predict import predict_file
 
 def cmd_predict(args) -> None:
     n = predict_file(args.checkpoint, args.input, args.output, batch_size=args.batch_size, overwrite=args.overwrite,
-                     device=args.device)
+                     device=args.device, decode=decode_from_flags(args))
     print(f"{n} predictions -> {args.output}")
 
 
@@ -83,6 +84,7 @@ def register_cli(sub) -> None:
     p.add_argument("--input", required=True, help="JSONL / CSV / TSV in the task's format (labels optional), "
                    "or .txt with one input per line")
     p.add_argument("--output", required=True, help="JSONL: each input's record plus \"prediction\"")
+    add_decode_flags(p)
 
     e = command("embed", cmd_embed, "contextual embeddings from any checkpoint, saved as .npy")
     e.add_argument("--input", required=True, help=".txt (one text per line) or JSONL / CSV / TSV with --field")

@@ -12,6 +12,7 @@ from typing import Any
 from pretune import files
 from pretune.errors import InputError
 from pretune.finetune.data import encode_split, length_warnings, merge_outputs, run_features
+from pretune.finetune.genes import with_decode
 from pretune.finetune.model import TaskModel, load_task_model
 from pretune.finetune.tasks import predictions_json
 from pretune.text.labeled import Example, read_examples
@@ -66,16 +67,19 @@ def to_examples(task: str, inputs: Sequence, fields: dict | None = None) -> list
     return out
 
 
-def predict(checkpoint, inputs: Sequence, batch_size: int = 32, device: str | None = None) -> list[dict]:
+def predict(checkpoint, inputs: Sequence, batch_size: int = 32, device: str | None = None,
+            decode: str | dict | None = None) -> list[dict]:
     """Predictions for `inputs` (see `to_examples`), in order, from a fine-tuned checkpoint path or a loaded
     (model, tokenizer, config) tuple. classify/pair: {"label", "probs": {label: p}}; tag: {"tags", "probs"}
     (probability of each word's tag); span: {"spans": [{"start", "end", "label", "prob"}]} (words, end exclusive);
-    seqtag: {"labels" (one per character), "segments", "mean_prob"} (`SeqTag.prediction`)."""
+    seqtag: {"labels" (one per character), "segments", "mean_prob"} (`SeqTag.prediction`); `decode` replaces the
+    model's decoder (`pretune.finetune.genes.with_decode`; None keeps it)."""
     model, tok, conf = _loaded(checkpoint, device)
+    head_options = with_decode(model.head_options, model.task, decode)
     examples = to_examples(model.task, inputs, conf.get("fields"))
     if not examples:
         return []
-    data = encode_split(None, examples, model.task, tok, None, conf.get("max_len", 128), model.head_options)
+    data = encode_split(None, examples, model.task, tok, None, conf.get("max_len", 128), head_options)
     for w in length_warnings(data, model.task, conf.get("max_len", 128)):
         print(f"pretune: warning: {w}", file=sys.stderr)
     outputs, _ = run_features(model, data.features, tok.specials.pad, batch_size)
@@ -122,13 +126,13 @@ def read_inputs(path: str | Path, task: str, fields: dict | None = None) -> tupl
 
 
 def predict_file(checkpoint, input_path: str | Path, output_path: str | Path, batch_size: int = 32,
-                 overwrite: bool = False, device: str | None = None) -> int:
+                 overwrite: bool = False, device: str | None = None, decode: str | dict | None = None) -> int:
     """JSONL out: each input's record (the JSONL object itself, or its fields) plus "prediction". Returns the count."""
     out = Path(output_path)
     files.check_output(out, overwrite, Path(input_path))
     model, tok, conf = _loaded(checkpoint, device)
     examples, records = read_inputs(input_path, model.task, conf.get("fields"))
-    preds = predict((model, tok, conf), examples, batch_size=batch_size)
+    preds = predict((model, tok, conf), examples, batch_size=batch_size, decode=decode)
     lines = [json.dumps({**rec, "prediction": p}, ensure_ascii=False) + "\n"
              for rec, p in zip(records, preds, strict=True)]
     files.write_atomic(out, lambda f: f.write("".join(lines)))

@@ -51,11 +51,13 @@ class Specials:
     sep: int
     mask: int | None
     special_ids: Sequence[int]
+    kmer_overlap: int = 0  # k of an overlapping k-mer tokenizer (pretune.text.kmers): mask runs of k tokens
 
     @classmethod
     def from_tokenizer(cls, tok) -> Specials:
         s = tok.specials
-        return cls(tok.vocab_size, s.pad, s.cls, s.sep, s.mask, sorted(tok.special_ids))
+        return cls(tok.vocab_size, s.pad, s.cls, s.sep, s.mask, sorted(tok.special_ids),
+                   int(getattr(tok, "kmer_overlap", 0)))
 
     def regular_ids(self) -> torch.Tensor:
         """Ids a random replacement may take: every non-special token."""
@@ -72,11 +74,17 @@ class Objective:
     name = "base"
     causal = False
     options: tuple[str, ...] = ()
+    kmer_runs = False  # masks runs of k tokens for an overlapping k-mer tokenizer (else refused with one)
 
     def __init__(self, specials: Specials, **options):
         self.specials = specials
         if options:
             raise InputError(f"objective {self.name!r} takes no options {sorted(options)}")
+        if specials.kmer_overlap > 1 and not (self.causal or self.kmer_runs):
+            raise InputError(f"objective {self.name!r} would hide single tokens of an overlapping k-mer tokenizer, "
+                             f"which their neighbours give away (they share {specials.kmer_overlap - 1} of their "
+                             f"{specials.kmer_overlap} characters); use objective 'mlm', which masks runs of "
+                             f"{specials.kmer_overlap} tokens")
 
     def heads(self, cfg: ModelConfig) -> dict[str, nn.Module]:
         raise NotImplementedError

@@ -33,6 +33,7 @@ class MaskedLM(Objective):
 
     name = "mlm"
     options = MASK_OPTIONS
+    kmer_runs = True
 
     def __init__(self, specials: Specials, mask_prob: float = 0.15, mask_ratio: float = 0.8, random_ratio: float = 0.1):
         super().__init__(specials)
@@ -50,9 +51,12 @@ class MaskedLM(Objective):
         return pad_sequences(items, self.specials.pad)
 
     def select(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
-        """Which positions to predict: each non-special token with probability mask_prob."""
+        """Which positions to predict: each non-special token with probability mask_prob; with an overlapping
+        k-mer tokenizer, runs of k tokens (`kmer_runs`)."""
         ids = batch["input_ids"]
         candidates = ~special_mask(ids, self.specials.special_ids)
+        if self.specials.kmer_overlap > 1:
+            return kmer_runs(candidates, self.specials.kmer_overlap, self.mask_prob, gen)
         return candidates & (torch.rand(ids.shape, generator=gen) < self.mask_prob)
 
     def units(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -85,6 +89,7 @@ class WholeWordMLM(MaskedLM):
     never half [MASK], half visible."""
 
     name = "wwm"
+    kmer_runs = False
 
     def _words(self, batch):
         ids = batch["input_ids"]
@@ -129,6 +134,20 @@ class WholeWordMLM(MaskedLM):
 
     def units(self, batch):
         return self._words(batch)[1]
+
+
+def kmer_runs(candidates: torch.Tensor, k: int, rate: float, gen: torch.Generator) -> torch.Tensor:
+    """[B, T] runs of k neighbouring candidate tokens (DNABERT's masking of overlapping k-mers, where a single
+    hidden k-mer is given away by its neighbours). Runs start at each candidate with probability
+    1 - (1 - rate)^(1/k), so a token is covered with probability `rate` away from the edges; runs may merge and
+    stop at the first non-candidate (a special token)."""
+    p_start = 1 - (1 - rate) ** (1 / k)
+    cur = candidates & (torch.rand(candidates.shape, generator=gen) < p_start)
+    chosen = cur.clone()
+    for _ in range(k - 1):
+        cur = torch.cat([torch.zeros_like(cur[:, :1]), cur[:, :-1]], 1) & candidates
+        chosen |= cur
+    return chosen
 
 
 def warn_token_fallback(objective, what: str, rows: int, total: int) -> None:

@@ -121,6 +121,7 @@ class SpanMLM(MaskedLM):
 
     name = "span"
     options = (*MASK_OPTIONS, "span_p", "span_max")
+    kmer_runs = False
     max_span_tokens = 32  # SBO position embeddings (offsets beyond share the last one)
 
     def __init__(self, specials: Specials, mask_prob: float = 0.15, mask_ratio: float = 0.8,
