@@ -75,7 +75,7 @@ def wordnet_shards(tmp_path_factory):
 
 PRETRAIN = ["--model-size", "tiny", "--max-len", "64", "--batch-size", "8", "--lr", "2e-3", "--max-steps", "40",
             "--eval-every", "10", "--eval-batches", "3", "--log-every", "1", "--save-every", "15", "--no-progress",
-            "--seed", "5", "--warmup-steps", "4"]
+            "--seed", "5", "--warmup-steps", "4", "--embed-init", "random"]  # resume with PPMI vectors: test_crash.py
 
 
 def test_resume_equals_uninterrupted_run(wordnet_shards):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.extmath import randomized_svd
+from threadpoolctl import threadpool_limits
 
 EMBED_INITS = ("auto", "ppmi", "random")  # auto: ppmi for a model trained from scratch
 CHUNK_TOKENS = 1_000_000  # tokens counted at a time: a few hundred MB at most on any corpus
@@ -74,7 +75,8 @@ def ppmi_embeddings(tokens: np.ndarray, doc_offsets: np.ndarray, vocab_size: int
         seen &= ~keep
     if seen.sum() <= dim:
         return None
-    u, s, _ = randomized_svd(matrix[seen], n_components=dim, n_iter=5, random_state=seed)
+    with threadpool_limits(limits=1):  # the same last bits under any BLAS thread count: a resumed run, a rank
+        u, s, _ = randomized_svd(matrix[seen], n_components=dim, n_iter=5, random_state=seed)
     vectors = u * np.sqrt(s)  # [seen, dim]
     vectors *= std / vectors.std()
     out = np.full((vocab_size, dim), np.nan, dtype=np.float32)
