@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 WORDNET = Path(__file__).resolve().parent.parent / "pretune" / "resources" / "wordnet"
+DNA = WORDNET.parent / "dna"  # the six-locus Kaptive slice
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -22,6 +23,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def dna_rows(path: Path) -> list[dict]:
+    """The rows of a bundled DNA .tsv.gz as {column: value} dicts."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        return [dict(zip(header, ln.rstrip("\n").split("\t"), strict=True)) for ln in f]
+
+
+def pretrain_dna(root: Path, kind: str, max_steps: int, *tokenizer_args: str) -> Path:
+    """Through the CLI on the DNA slice's corpus: a `kind` tokenizer (root/tok.json), shards and a `tiny` MLM
+    pretrained for `max_steps` steps of 8 x 64 tokens. Returns the checkpoint folder root/pre/model."""
+    from pretune.cli import main
+
+    corpus = str(DNA / "corpus.txt.gz")
+    assert main(["tokenizer", "train", corpus, "--kind", kind, *tokenizer_args, "--out", str(root / "tok.json")]) == 0
+    assert main(["prepare", corpus, "--tokenizer", str(root / "tok.json"), "--out", str(root / "shards")]) == 0
+    assert main(["pretrain", "--shards", str(root / "shards"), "--out", str(root / "pre"), "--model-size", "tiny",
+                 "--max-len", "64", "--max-steps", str(max_steps), "--batch-size", "8", "--eval-every",
+                 str(max_steps), "--eval-batches", "1", "--no-progress"]) == 0
+    return root / "pre" / "model"
 
 
 def wordnet_corpus(root: Path, lines: int) -> tuple[Path, list[str]]:

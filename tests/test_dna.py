@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import gzip
 import json
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import DNA, dna_rows, pretrain_dna
 
 from pretune.cli import main
 from pretune.errors import InputError
@@ -22,15 +21,6 @@ from pretune.pretrain.shards import PackedSequences, TokenShards, prepare_corpus
 from pretune.text.labeled import Example, LabelMap, read_examples
 from pretune.text.sequences import parse_label_map, reverse_complement, strand_swap
 from pretune.text.tokenizer import train_tokenizer
-
-DNA = Path(str(resources.files("pretune") / "resources" / "dna"))
-
-
-def dna_rows(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        return [dict(zip(header, ln.rstrip("\n").split("\t"), strict=True)) for ln in f]
-
 
 # ---------------------------------------------------------------------------------------------------- reading
 
@@ -264,12 +254,7 @@ def test_masking_rate_on_whitespace_free_text(dna_items, objective, capsys):
 
 def test_tiny_end_to_end_cli_run_on_the_bundled_slice(tmp_path, capsys):
     d = tmp_path
-    assert main(["tokenizer", "train", str(DNA / "corpus.txt.gz"), "--kind", "char", "--out", str(d / "tok.json")]) == 0
-    assert main(["prepare", str(DNA / "corpus.txt.gz"), "--tokenizer", str(d / "tok.json"),
-                 "--out", str(d / "shards")]) == 0
-    assert main(["pretrain", "--shards", str(d / "shards"), "--out", str(d / "pre"), "--model-size", "tiny",
-                 "--max-len", "64", "--max-steps", "4", "--batch-size", "8", "--eval-every", "4",
-                 "--eval-batches", "1", "--no-progress"]) == 0
+    pretrain_dna(d, "char", 4)
     assert main(["finetune", "--task", "seqtag", "--from", str(d / "pre" / "model"),
                  "--train", str(DNA / "train.tsv.gz"), "--validation", str(DNA / "validation.tsv.gz"),
                  "--test", str(DNA / "test.tsv.gz"), "--out", str(d / "ft"), "--max-len", "64",

@@ -7,12 +7,11 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import DNA, dna_rows, pretrain_dna
 
 from pretune.cli import main
 from pretune.errors import InputError
@@ -23,18 +22,10 @@ from pretune.pretrain.shards import PackedSequences, TokenShards, prepare_corpus
 from pretune.text.labeled import Example, LabelMap
 from pretune.text.tokenizer import PretuneTokenizer, train_tokenizer
 
-DNA = Path(str(resources.files("pretune") / "resources" / "dna"))
-
 
 def corpus_lines() -> list[str]:
     with gzip.open(DNA / "corpus.txt.gz", "rt", encoding="utf-8") as f:
         return f.read().splitlines()
-
-
-def dna_rows(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        return [dict(zip(header, ln.rstrip("\n").split("\t"), strict=True)) for ln in f]
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +133,8 @@ def test_mlm_masks_overlapping_kmers_in_runs_and_others_are_refused(kmer_items):
 @pytest.mark.parametrize("kind", ["bpe", "kmer6-overlap"])
 def test_seqtag_end_to_end_with_dna_tokens(tmp_path, kind):
     d = tmp_path
-    assert main(["tokenizer", "train", str(DNA / "corpus.txt.gz"), "--kind", kind, "--vocab-size", "300",
-                 "--out", str(d / "tok.json")]) == 0
+    pretrain_dna(d, kind, 3, "--vocab-size", "300")
     tok = PretuneTokenizer.load(d / "tok.json")
-    assert main(["prepare", str(DNA / "corpus.txt.gz"), "--tokenizer", str(d / "tok.json"),
-                 "--out", str(d / "shards")]) == 0
-    assert main(["pretrain", "--shards", str(d / "shards"), "--out", str(d / "pre"), "--model-size", "tiny",
-                 "--max-len", "64", "--max-steps", "3", "--batch-size", "8", "--eval-every", "3",
-                 "--eval-batches", "1", "--no-progress"]) == 0
     assert main(["finetune", "--task", "seqtag", "--from", str(d / "pre" / "model"),
                  "--train", str(DNA / "train.tsv.gz"), "--validation", str(DNA / "validation.tsv.gz"),
                  "--test", str(DNA / "test.tsv.gz"), "--out", str(d / "ft"), "--max-len", "64",
