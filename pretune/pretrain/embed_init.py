@@ -70,7 +70,7 @@ def ppmi_embeddings(tokens: np.ndarray, doc_offsets: np.ndarray, vocab_size: int
     has too few distinct co-occurring tokens to factorise. Rows of unseen tokens (and those `keep` marks, e.g. the
     special tokens) are NaN: the caller keeps their random initialisation."""
     matrix = ppmi(cooccurrence_counts(tokens, doc_offsets, vocab_size, window, max_tokens))
-    seen = np.asarray((matrix != 0).sum(axis=1)).ravel() > 0
+    seen = matrix.getnnz(axis=1) > 0  # [V] tokens with some positive association (ppmi stores only those)
     if keep is not None:
         seen &= ~keep
     if seen.sum() <= dim:
