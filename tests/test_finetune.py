@@ -378,6 +378,36 @@ def test_long_texts_are_truncated_with_a_counted_warning(tiny_ckpt, tmp_path, ca
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
 
 
+def test_head_tail_truncation_is_kept_with_the_model_and_used_by_predict(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    """--truncate head+tail keeps a long text's first quarter and last three quarters, and the fine-tuned model's
+    config carries it, so `pretune predict` reads a long text as training did."""
+    from pretune.finetune.tasks import get_task
+    from pretune.use import predict as use_predict
+
+    long = " ".join(["word"] * 30 + ["fish"] * 10)
+    train = write(tmp_path / "t.csv", f"text,label\n{long},x\nshort,y\n{long} two,y\nok,x\n")
+    code, _, err = run_cli(["finetune", "--from", tiny_ckpt, "--task", "classify", "--train", train,
+                            "--validation", train, "--out", tmp_path / "run", "--max-len", "16", "--epochs", "1",
+                            "--batch-size", "2", "--no-progress", "--truncate", "head+tail"], capsys)
+    assert code == 0, err
+    model, tok, conf = load_task_model(tmp_path / "run" / "model")
+    assert conf["head"]["truncate"] == "head+tail"
+    (f,), _ = get_task("classify").encode([Example(1, text=long)], tok, None, conf["max_len"], conf["head"])
+    ids, fish = tok.encode(long).ids, tok.encode("fish").ids
+    assert f["input_ids"][1:-1] == ids[:3] + ids[-11:]  # 14 pieces: 3 from the head, 11 from the tail
+    assert f["input_ids"][-1 - len(fish):-1] == fish and len(ids) > 14
+    (g,), _ = get_task("classify").encode([Example(1, text=long)], tok, None, conf["max_len"], {})
+    assert g["input_ids"][1:-1] == ids[:14] and fish[0] not in g["input_ids"]
+    seen = []
+    real = use_predict.encode_split
+    monkeypatch.setattr(use_predict, "encode_split", lambda *a: seen.append(a[-1]) or real(*a))
+    assert len(use_predict.predict(tmp_path / "run" / "model", [long, "short"])) == 2
+    assert seen[0]["truncate"] == "head+tail"
+    code, _, err = run_cli(["finetune", "--from", tiny_ckpt, "--task", "tag", "--train", train, "--validation", train,
+                            "--out", tmp_path / "tag", "--truncate", "head+tail"], capsys)
+    assert code == 2 and "truncate applies to task classify only" in err
+
+
 def test_evaluate_cli_writes_json_and_never_overwrites(tiny_ckpt, tmp_path, capsys):
     train, val = _classify_files(tmp_path)
     sec = FinetuneSection(task="classify", checkpoint=str(tiny_ckpt), train=str(train), validation=str(val),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from pretune.config import bounds, check_numbers, load_sections
 from pretune.errors import InputError
+from pretune.finetune.encode import TRUNCATE
 from pretune.finetune.genes import DECODERS, OrfDecode, parse_starts, strand_label_ids
 from pretune.finetune.tasks import TASKS, get_task
 from pretune.model.heads import POOLING
@@ -57,6 +58,9 @@ class FinetuneSection:
         "help": "seqtag: also train on the reverse complement of every training sequence (labels reversed, the "
                 "label characters + and - swapped)"})
     max_len: int = field(default=128, metadata={"help": "subwords per input incl. [CLS]/[SEP]"})
+    truncate: str = field(default="head", metadata={
+        "help": "classify: which subwords of a text longer than max_len are kept, head (the first) | head+tail (the "
+                "first quarter and the last three quarters, as Sun et al. 2019 found best for long texts)"})
     epochs: int = 10
     freeze: str = field(default="none", metadata={"help": "none | embeddings | body | all-but-last-N"})
     pooling: str = field(default="auto", metadata={
@@ -114,6 +118,11 @@ class FinetuneSection:
             raise bad(f"max_len must be >= 8, got {self.max_len}")
         if self.epochs < 1:
             raise bad(f"epochs must be >= 1, got {self.epochs}")
+        if self.truncate not in TRUNCATE:
+            raise bad(f"truncate must be {' or '.join(TRUNCATE)}, got {self.truncate!r}")
+        if self.truncate != "head" and self.task != "classify":
+            raise bad(f"truncate applies to task classify only (task {self.task} "
+                      f"{'trims the longer text first' if self.task == 'pair' else 'splits long inputs into windows'})")
         if not FREEZE_RE.match(self.freeze):
             raise bad(f"freeze must be none, embeddings, body or all-but-last-N (e.g. all-but-last-2), "
                       f"got {self.freeze!r}")

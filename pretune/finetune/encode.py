@@ -15,6 +15,8 @@ import torch
 from pretune.errors import InputError
 from pretune.text.labeled import Example, LabelMap, check_task
 
+TRUNCATE = ("head", "head+tail")  # classify: which pieces of an over-long text are kept (see truncated)
+
 IGNORE = -100  # label value the losses skip
 
 
@@ -104,8 +106,20 @@ def _windows(counts: list[int], cap: int, avoid: list[bool] | None = None) -> li
     return windows
 
 
+def truncated(ids: list[int], room: int, how: str = "head") -> list[int]:
+    """`ids` cut to `room` pieces: the first `room` (head), or the first quarter and the last three quarters of
+    the room (head+tail: a long text's end often says what it is, e.g. "This package contains the documentation")."""
+    if len(ids) <= room:
+        return ids
+    if how == "head":
+        return ids[:room]
+    head = room // 4
+    return ids[:head] + ids[len(ids) - (room - head):]
+
+
 def _encode_texts(
-    examples: list[Example], task: str, tokenizer: Any, label_map: LabelMap | None, max_len: int, source: Any
+    examples: list[Example], task: str, tokenizer: Any, label_map: LabelMap | None, max_len: int, source: Any,
+    truncate: str = "head",
 ) -> tuple[list[dict], int]:
     cls_id, sep_id = _special_id(tokenizer, "cls"), _special_id(tokenizer, "sep")
     ids_a = [e.ids for e in tokenizer.encode_batch([ex.text or "" for ex in examples])]
@@ -128,7 +142,7 @@ def _encode_texts(
         else:
             if len(a) > max_len - 2:
                 n_truncated += 1
-                a = a[: max_len - 2]
+                a = truncated(a, max_len - 2, truncate)
             input_ids = [cls_id, *a, sep_id]
             type_ids = [0] * len(input_ids)
         label = None
@@ -209,23 +223,25 @@ def encode_examples(
     *,
     all_subwords: bool = False,
     max_span_width: int = 8,
+    truncate: str = "head",
     source: str | Path | None = None,
 ) -> tuple[list[dict], EncodeStats]:
     """One feature dict (plain lists / ints) per model input.
 
     classify: [CLS] text [SEP]; pair: [CLS] a [SEP] b [SEP] (type ids 0 then 1), longest-first truncation;
-    both carry "label" (int or None). tag: "labels" (first subword, -100 elsewhere; absent without labels),
-    "word_positions", "word_offset". span: "word_starts", "word_ends", "spans" (window-local word spans),
-    "span_labels" (0 = NULL; absent without labels), "word_offset". Tag/span sentences longer than
-    max_len - 2 subwords are split into windows at word boundaries (never truncated); a split avoids cutting
-    through a gold span when it can, and gold spans that no window holds are counted in ``n_spans_lost``.
+    classify keeps the first max_len - 2 subwords of a longer text, or with truncate = "head+tail" its first quarter
+    and last three quarters (`truncated`); both carry "label" (int or None). tag: "labels" (first subword, -100
+    elsewhere; absent without labels), "word_positions", "word_offset". span: "word_starts", "word_ends", "spans"
+    (window-local word spans), "span_labels" (0 = NULL; absent without labels), "word_offset". Tag/span sentences
+    longer than max_len - 2 subwords are split into windows at word boundaries (never truncated); a split avoids
+    cutting through a gold span when it can, and gold spans that no window holds are counted in ``n_spans_lost``.
     `source` (the file the examples came from) is only used in error messages.
     """
     check_task(task)
     if max_len < (4 if task == "pair" else 3):
         raise InputError(f"max_len {max_len} is too small for task '{task}'")
     if task in ("classify", "pair"):
-        features, n_truncated = _encode_texts(examples, task, tokenizer, label_map, max_len, source)
+        features, n_truncated = _encode_texts(examples, task, tokenizer, label_map, max_len, source, truncate)
         return features, EncodeStats(n_examples=len(examples), n_truncated=n_truncated, n_split=0)
     for ex in examples:
         if not ex.tokens:

@@ -174,7 +174,8 @@ def load_task_model(path: str | Path, device: str | torch.device | None = None) 
     return model, tok, conf
 
 
-DECODE_OPTIONS = ("smooth", "decode")  # seqtag head options that change how outputs are read, not the weights
+# head options that change how inputs or outputs are read, not the weights
+DECODE_OPTIONS = ("smooth", "decode", "truncate")
 
 
 def _weights_options(options: dict) -> dict:

@@ -67,7 +67,8 @@ class Task:
                source: str | Path | None = None) -> tuple[list[dict], EncodeStats]:
         return encode_examples(examples, self.name, tok, labels, max_len,
                                all_subwords=bool(options.get("all_subwords")),
-                               max_span_width=int(options.get("max_span_width", 8)), source=source)
+                               max_span_width=int(options.get("max_span_width", 8)),
+                               truncate=options.get("truncate", "head"), source=source)
 
     def length_warnings(self, stats: EncodeStats, where: Path, max_len: int) -> list[str]:
         """Lines to print about texts longer than max_len."""
@@ -124,7 +125,8 @@ class Classify(Task):
     metrics = ("accuracy", "macro_f1", "micro_f1", "loss")
 
     def head_options(self, sec) -> dict:
-        return {"pooling": sec.pooling} if sec.pooling != "cls" else {}  # [CLS] checkpoints keep their old config
+        options = {"pooling": sec.pooling} if sec.pooling != "cls" else {}  # [CLS] checkpoints keep their old config
+        return options | ({"truncate": sec.truncate} if sec.truncate != "head" else {})
 
     def head(self, cfg: ModelConfig, labels: list[str], options: dict) -> nn.Module:
         return ClassificationHead(cfg, len(labels), pooling=options.get("pooling", "cls"))
