@@ -257,7 +257,7 @@ def test_head_warmup_holds_the_body_still_then_trains_it(tiny_ckpt, tmp_path):
         ft.finetune({"finetune": sec, "train": FinetuneTrainConfig(batch_size=8, lr=1e-2, warmup_steps=0,
                                                                    progress=False)})
         model, _, conf = load_task_model(tmp_path / f"run{hold}" / "last")
-        assert conf["head"] == {"pooling": "mean"} and model.head.pooling == "mean"
+        assert conf["head"] == {"pooling": "mean", "truncate": "head+tail"} and model.head.pooling == "mean"
         bodies[hold] = {k: v for k, v in model.state_dict().items() if k.startswith("body.")}
         log = [json.loads(x) for x in (tmp_path / f"run{hold}" / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in log if r["split"] == "validation"]

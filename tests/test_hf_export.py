@@ -141,7 +141,7 @@ def test_the_default_runs_model_exports_as_roberta_prelayernorm(tmp_path):
 
     sec = FinetuneSection(task=conf["finetune"]["task"], pooling=conf["finetune"].get("pooling", "auto"))
     options = sec.resolve_pooling(cfg.causal).head_options()
-    assert options == {"pooling": "mean"}
+    assert options == {"pooling": "mean", "truncate": "head+tail"}
     clf, _ = save_task(tmp_path / "ft", cfg, tok, sec.task, options)
     notes = export_hf(tmp_path / "ft", tmp_path / "ft-hf")
     assert model_type(tmp_path / "ft-hf") == ("roberta-prelayernorm", "RobertaPreLayerNormModel")
@@ -173,6 +173,17 @@ def test_prelayernorm_task_heads(tmp_path, task):
         ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=tt).logits
         mine = model(ids, attention_mask=mask, token_type_ids=tt)["logits"]
     assert (max_diff(ref, mine, mask) if task == "tag" else (ref - mine).abs().max().item()) < TOL
+
+
+def test_a_head_tail_classifier_exports_with_a_note(tmp_path):
+    """A [CLS] classifier trained with truncate head+tail exports whole, with a note that transformers' tokenizer
+    truncates long texts at their end instead."""
+    tok = tokenizer("wordpiece")
+    cfg = config_for("mlm", tok, **PRE_LN)
+    save_task(tmp_path / "ckpt", cfg, tok, "classify", {"truncate": "head+tail"})
+    notes = export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    assert model_type(tmp_path / "hf")[1] == "RobertaPreLayerNormForSequenceClassification"
+    assert len(notes) == 1 and "head+tail" in notes[0] and "truncates" in notes[0], notes
 
 
 HEADLESS = [  # (task, head options, tokenizer, [model] keys / causal, words of the note, base class)

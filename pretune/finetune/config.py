@@ -58,9 +58,10 @@ class FinetuneSection:
         "help": "seqtag: also train on the reverse complement of every training sequence (labels reversed, the "
                 "label characters + and - swapped)"})
     max_len: int = field(default=128, metadata={"help": "subwords per input incl. [CLS]/[SEP]"})
-    truncate: str = field(default="head", metadata={
+    truncate: str = field(default="auto", metadata={
         "help": "classify: which subwords of a text longer than max_len are kept, head (the first) | head+tail (the "
-                "first quarter and the last three quarters, as Sun et al. 2019 found best for long texts)"})
+                "first quarter and the last three quarters, as Sun et al. 2019 found best for long texts) | auto "
+                "(head+tail)"})
     epochs: int = 10
     freeze: str = field(default="none", metadata={"help": "none | embeddings | body | all-but-last-N"})
     pooling: str = field(default="auto", metadata={
@@ -118,9 +119,9 @@ class FinetuneSection:
             raise bad(f"max_len must be >= 8, got {self.max_len}")
         if self.epochs < 1:
             raise bad(f"epochs must be >= 1, got {self.epochs}")
-        if self.truncate not in TRUNCATE:
-            raise bad(f"truncate must be {' or '.join(TRUNCATE)}, got {self.truncate!r}")
-        if self.truncate != "head" and self.task != "classify":
+        if self.truncate not in ("auto", *TRUNCATE):
+            raise bad(f"truncate must be auto, {' or '.join(TRUNCATE)}, got {self.truncate!r}")
+        if self.truncate not in ("auto", "head") and self.task != "classify":
             raise bad(f"truncate applies to task classify only (task {self.task} "
                       f"{'trims the longer text first' if self.task == 'pair' else 'splits long inputs into windows'})")
         if not FREEZE_RE.match(self.freeze):

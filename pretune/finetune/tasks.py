@@ -126,7 +126,8 @@ class Classify(Task):
 
     def head_options(self, sec) -> dict:
         options = {"pooling": sec.pooling} if sec.pooling != "cls" else {}  # [CLS] checkpoints keep their old config
-        return options | ({"truncate": sec.truncate} if sec.truncate != "head" else {})
+        truncate = "head+tail" if sec.truncate == "auto" else sec.truncate  # "head": checkpoints before the option
+        return options | ({"truncate": truncate} if truncate != "head" else {})
 
     def head(self, cfg: ModelConfig, labels: list[str], options: dict) -> nn.Module:
         return ClassificationHead(cfg, len(labels), pooling=options.get("pooling", "cls"))

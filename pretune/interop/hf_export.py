@@ -274,6 +274,9 @@ def export_hf(checkpoint: str | Path, out: str | Path, family: str = "auto", ove
     elif random_pooler:
         notes.append(f"this checkpoint has no pooler for {architecture}: transformers initialises it at random "
                      "(last_hidden_state is unaffected)")
+    if labels is not None and (ckpt.config.get("head") or {}).get("truncate") == "head+tail":
+        notes.append("this classifier read texts longer than max_len by their first quarter and last three quarters "
+                     "(truncate head+tail); a transformers tokenizer truncates their end instead")
     used = {r.ours for r in rules}
     left = sorted(k for k in state if k not in used and not (why is not None and k.startswith(("head.", "heads."))))
     if left:
