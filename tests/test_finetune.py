@@ -406,6 +406,9 @@ def test_head_tail_truncation_is_kept_with_the_model_and_used_by_predict(tiny_ck
     code, _, err = run_cli(["finetune", "--from", tiny_ckpt, "--task", "tag", "--train", train, "--validation", train,
                             "--out", tmp_path / "tag", "--truncate", "head+tail"], capsys)
     assert code == 2 and "truncate applies to task classify only" in err
+    code, _, err = run_cli(["finetune", "--from", tiny_ckpt, "--task", "classify", "--train", train, "--validation",
+                            train, "--out", tmp_path / "mid", "--truncate", "middle"], capsys)
+    assert code == 2 and "truncate must be auto, head or head+tail, got 'middle'" in err
 
 
 def test_evaluate_cli_writes_json_and_never_overwrites(tiny_ckpt, tmp_path, capsys):

@@ -17,6 +17,7 @@ from pretune.finetune.encode import (
     encode_examples,
     enumerate_spans,
     first_subword_positions,
+    truncated,
 )
 from pretune.text.labeled import TASKS, Example, LabelMap, iob1_to_iob2, length_grouped_batches, read_examples
 from pretune.text.tokenizer import PretuneTokenizer
@@ -323,6 +324,21 @@ def test_classify_and_pair_encoding_with_truncation(tok):
     assert f["token_type_ids"] == [0, 0, 0, 0, 0, 1, 1, 1] and stats.n_truncated == 1
     (f,), _ = encode_examples([Example(1, text="a", text_b="b")], "pair", tok, None, max_len=8)
     assert f["label"] is None and f["token_type_ids"] == [0, 0, 0, 1, 1]
+
+
+def test_head_tail_truncation_keeps_a_quarter_of_the_room_from_the_start():
+    ids = list(range(20))
+    assert truncated(ids, 8, "head") == list(range(8))
+    assert truncated(ids, 8, "head+tail") == [0, 1] + list(range(14, 20))  # 8 // 4 = 2 from the head, 6 from the tail
+    assert truncated(ids, 3, "head+tail") == [17, 18, 19]  # 3 // 4 = 0: the tail only
+    assert truncated(ids, 20, "head+tail") == ids and truncated(ids, 25, "head") == ids  # short enough: as it is
+
+
+def test_classify_head_tail_truncation_counts_and_keeps_the_end(tok):
+    ex = Example(1, text="the movie " + "very " * 12 + "good", label="good")
+    (f,), stats = encode_examples([ex], "classify", tok, LabelMap(["bad", "good"]), max_len=10, truncate="head+tail")
+    assert f["input_ids"] == _ids(tok, "[CLS]", "the", "movie", *["very"] * 5, "good", "[SEP]")
+    assert stats.n_truncated == 1
 
 
 # ---------------------------------------------------------------------------------------------- batching
