@@ -274,6 +274,19 @@ def test_default_config_uses_bundled_data():
     assert Path(cfg.corpus.files[0]).name == "corpus.txt.gz"
 
 
+def test_untrained_positions_are_warned_of():
+    """The default pretrains at the fine-tuning length; a longer fine-tuning length gets a warning, a checkpoint
+    given by init_from (whose positions were trained elsewhere) does not."""
+    from pretune.run.pipeline import untrained_positions_warning
+
+    assert untrained_positions_warning(load_config()) is None
+    warning = untrained_positions_warning(load_config(overrides=["pretrain.max_len=32"]))
+    assert warning is not None and "positions 32-63 are never pretrained" in warning
+    assert untrained_positions_warning(load_config(overrides=["finetune.max_len=32"])) is None
+    from_checkpoint = load_config(overrides=["pretrain.max_len=32", f"pretrain.init_from={default_config_path()}"])
+    assert untrained_positions_warning(from_checkpoint) is None
+
+
 def test_print_config_round_trips(tmp_path, capsys):
     assert main(["run", "--print-config", "--set", "finetune.epochs=3", "--seed", "7"]) == 0
     text = capsys.readouterr().out

@@ -29,6 +29,7 @@ Configuration: see `pretune/run/config.py`; the hyperparameter search: `pretune/
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -84,6 +85,16 @@ def check_inputs(cfg: PipelineConfig) -> None:
                 labels.index(name, path, ex.line)
 
 
+def untrained_positions_warning(cfg: PipelineConfig) -> str | None:
+    """A line when fine-tuning reads more positions than pretraining from scratch trains: those position embeddings
+    keep their initial values (default.toml pretrains at the fine-tuning length for this reason)."""
+    if cfg.run.skip_pretraining or cfg.pretrain.init_from or cfg.finetune.max_len <= cfg.pretrain.max_len:
+        return None
+    return (f"[finetune] max_len {cfg.finetune.max_len} is longer than [pretrain] max_len {cfg.pretrain.max_len}: "
+            f"positions {cfg.pretrain.max_len}-{cfg.finetune.max_len - 1} are never pretrained (set both to the same "
+            "length, with [pretrain.trainer] batch_size scaled to keep the tokens per step)")
+
+
 def prepare_run_dir(root: Path, cfg: PipelineConfig) -> None:
     """A new or empty directory becomes a run directory; one holding anything else is refused."""
     marker = root / "pipeline.json"
@@ -103,6 +114,8 @@ def start_run(cfg: PipelineConfig, force: bool = False, log=print,
 
     Returns (runner, the checkpoint to fine-tune, its fingerprint, the fingerprint of its architecture)."""
     check_inputs(cfg)
+    if warning := untrained_positions_warning(cfg):
+        print(f"pretune: warning: {warning}", file=sys.stderr)
     set_threads(cfg.run.threads)
     root = Path(cfg.run.out).resolve()
     prepare_run_dir(root, cfg)
