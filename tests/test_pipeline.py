@@ -325,8 +325,8 @@ def test_overrides_and_bad_config(tmp_path, capsys):
 def _merge_toml(base: str, extra: str) -> str:
     """The bundled default with the tables of `extra` replacing its own (simple text surgery for tests)."""
     header = extra.split("\n", 1)[0]
-    if header in base:
-        start = base.index(header)
+    if (match := re.search(rf"^{re.escape(header)}$", base, flags=re.MULTILINE)):  # the table, not a comment naming it
+        start = match.start()
         end = base.find("\n[", start + 1)
         base = base[:start] + base[end + 1:] if end != -1 else base[:start]
     return base + "\n" + extra
