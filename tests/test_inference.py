@@ -218,6 +218,22 @@ def test_gradient_x_input_equals_a_manual_computation(models):
     np.testing.assert_allclose([s for *_, s in items], manual.detach().numpy(), atol=1e-6)
 
 
+def test_explain_truncates_a_long_text_as_training_and_predict_do(models):
+    """The classify fixture was fine-tuned with truncate auto (head+tail): explain keeps the same pieces of a text
+    longer than max_len, so its probability is the one predict gives."""
+    loaded = load_task_model(models["classify"])
+    model, tok, conf = loaded
+    assert conf["head"]["truncate"] == "head+tail" and conf["max_len"] == 32
+    text = " ".join(TEXTS * 3) + " a fish"
+    ids = tok.encode(text).ids
+    assert len(ids) > 30
+    ex = explain_full(model, tok, text, steps=4, max_len=32)
+    assert [text[s:e].lower() for _, s, e, _ in ex.items] == [tok.id_to_token(i).removeprefix("##")
+                                                             for i in ids[:7] + ids[-23:]]
+    (pred,) = predict(loaded, [text])
+    assert pred["probs"][ex.label] == pytest.approx(ex.prob, abs=1e-5)
+
+
 def test_explain_pair_offsets_and_unsupported_models(models):
     model, tok, _ = load_task_model(models["pair"])
     ex = explain_full(model, tok, "a tool", "the sea", steps=4)

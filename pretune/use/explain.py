@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from pretune.errors import InputError
+from pretune.finetune.encode import truncated
 from pretune.finetune.model import TaskModel
 
 METHODS = ("integrated-gradients", "gradient-x-input")
@@ -50,7 +51,10 @@ def explain_full(model: TaskModel, tok, text: str, text_b: str | None = None, ta
         enc_b = tok.encode(text_b)
         b_ids, b_off, b_tok = list(enc_b.ids), list(enc_b.offsets), list(enc_b.tokens)
     room = max_len - (3 if text_b is not None else 2)
-    while len(a_ids) + len(b_ids) > room:  # longest-first, as in training
+    if text_b is None:  # as in training: the model's truncation (head, or head+tail) of the same pieces
+        how = model.head_options.get("truncate", "head")
+        a_ids, a_off, a_tok = (truncated(lst, room, how) for lst in (a_ids, a_off, a_tok))
+    while len(a_ids) + len(b_ids) > room:  # pairs: longest-first, as in training
         side = (a_ids, a_off, a_tok) if len(a_ids) > len(b_ids) else (b_ids, b_off, b_tok)
         for lst in side:
             lst.pop()
