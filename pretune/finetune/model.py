@@ -175,11 +175,11 @@ def load_task_model(path: str | Path, device: str | torch.device | None = None) 
 
 
 # head options that change how inputs or outputs are read, not the weights
-DECODE_OPTIONS = ("smooth", "decode", "truncate")
+READ_OPTIONS = ("smooth", "decode", "truncate")
 
 
 def _weights_options(options: dict) -> dict:
-    return {k: v for k, v in options.items() if k not in DECODE_OPTIONS}
+    return {k: v for k, v in options.items() if k not in READ_OPTIONS}
 
 
 def load_initial_weights(model: TaskModel, ckpt: ck.Checkpoint, head_options: dict) -> str:
