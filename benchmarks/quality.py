@@ -44,8 +44,8 @@ ENV = os.environ | {"PYTHONPATH": str(REPO)}  # every child runs this copy of pr
 SETTINGS = {"a": "pretraining from scratch", "b": "continued pretraining of all-MiniLM-L6-v2"}
 PRETUNE_METHODS = ("pretune pretrained", "pretune from scratch")  # the comparison's names of pretune's rows
 SETTING_B = {  # continued pretraining of a published checkpoint: README "Starting from a published checkpoint"
-    "pretrain": {"init_from": None, "mask_prob": 0.15, "head_warmup_steps": 50},  # init_from: filled in per run
-    "pretrain.trainer": {"max_steps": 300, "batch_size": 32, "lr": 1e-4, "warmup_steps": 30, "schedule": "wsd"},
+    "pretrain": {"init_from": None, "objective": "simcse", "views": "split", "mask_prob": 0.15},  # init_from: per run
+    "pretrain.trainer": {"max_steps": 300, "batch_size": 64, "lr": 3e-5, "warmup_steps": 30, "schedule": "wsd"},
     "finetune.trainer": {"lr": 5e-5},  # as [compare] finetune_lr fine-tunes the checkpoint as published
 }
 QUICK = {  # --quick: a tiny pretraining and fine-tuning budget (smoke tests)
@@ -120,10 +120,10 @@ def run_config(base: dict, task: Task, setting: str, seed: int, fractions: list[
     tables["run"] |= {"out": str(out), "seed": seed, "threads": threads, "progress": False}
     tables["corpus"] |= {"files": [str(task.corpus)]}
     tables["finetune"] |= {"train": str(task.train), "validation": str(task.validation), "test": str(task.test),
-                           "unlabeled": [str(task.corpus)], "label_seed": seed, "label_fraction": 1.0}
+                           "unlabeled": [str(task.corpus)], "label_seed": seed, "label_fraction": fractions[-1]}
     tables["pretrain.trainer"]["seed"] = seed
     tables["finetune.trainer"]["seed"] = seed
-    tables["sweep"] = {"label_fractions": [f for f in fractions if f < 1], "label_seed": seed}
+    tables["sweep"] = {"label_fractions": fractions[:-1], "label_seed": seed}  # the main run takes the largest
     tables["compare"] |= {"enabled": True, "classic": alternatives, "probe": alternatives,
                           "finetune_checkpoints": alternatives and checkpoint_finetune, "checkpoints": [minilm]}
     if setting == "b":

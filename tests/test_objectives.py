@@ -30,7 +30,7 @@ from pretune.pretrain.objectives import (
     special_mask,
     word_index,
 )
-from pretune.pretrain.shards import PackedSequences, TokenShards, prepare_corpus
+from pretune.pretrain.shards import Documents, PackedSequences, TokenShards, prepare_corpus
 from pretune.pretrain.stage import PretrainSection
 from pretune.text.tokenizer import PretuneTokenizer, train_tokenizer
 
@@ -323,11 +323,80 @@ def test_clm_loss_is_next_token_cross_entropy():
     assert float(loss.detach()) == pytest.approx(float(manual.detach().mean()), rel=1e-5)
 
 
+# ---------------------------------------------------------------------------------------------------- simcse
+
+
+def test_documents_are_one_item_per_document_cut_to_max_len(data):
+    shards, sp = TokenShards(data["shards"]), data["specials"]
+    docs = Documents(shards, 16, sp.cls, sp.sep)
+    assert len(docs) == shards.n_docs
+    for i in (0, 1, len(docs) - 1):
+        ids, words = docs[i]
+        body = np.asarray(shards.document(i), dtype=np.int64)
+        assert ids[0] == sp.cls and ids[-1] == sp.sep and len(ids) == len(words) == min(len(body), 14) + 2
+        assert ids[1:-1].tolist() == body[:14].tolist()
+    assert len({len(docs[i][0]) for i in range(50)}) > 1  # not packed: lengths follow the documents
+    with pytest.raises(IndexError):
+        docs[len(docs)]
+
+
+def test_simcse_views_are_the_two_parts_of_a_text(data):
+    sp = data["specials"]
+    docs = Documents(TokenShards(data["shards"]), 64, sp.cls, sp.sep)
+    items = [docs[i] for i in range(32)]
+    obj = build_objective("simcse", sp)
+    batch = obj.collate(items, torch.Generator().manual_seed(0))
+    assert set(batch) == {"input_ids", "attention_mask", "input_ids_b", "attention_mask_b"}
+    cuts = set()
+    for (ids, _), a, ma, b, mb in zip(items, batch["input_ids"], batch["attention_mask"], batch["input_ids_b"],
+                                      batch["attention_mask_b"], strict=True):
+        left, right, text = a[ma].tolist(), b[mb].tolist(), ids.tolist()
+        assert left[0] == right[0] == sp.cls and left[-1] == right[-1] == sp.sep
+        if len(text) < 4:  # a single token: itself twice
+            assert left == right == text
+            continue
+        assert left[1:-1] + right[1:-1] == text[1:-1]  # a cut: the parts share no token and lose none
+        n = len(text) - 2
+        assert 1 <= len(left) - 2 <= n - 1 and 0.25 * n - 1 <= len(left) - 2 <= 0.75 * n + 1  # in the middle half
+        cuts.add((len(left) - 2) / n)
+    assert len(cuts) > 5  # the cut moves
+    again = obj.collate(items, torch.Generator().manual_seed(0))
+    assert all(torch.equal(batch[k], again[k]) for k in batch)  # a function of the batch seed
+    whole = build_objective("simcse", sp, views="dropout").collate(items, torch.Generator().manual_seed(0))
+    assert torch.equal(whole["input_ids"], whole["input_ids_b"])  # the same text, dropout only
+    with pytest.raises(InputError, match="views must be one of"):
+        build_objective("simcse", sp, views="crop")
+
+
+def test_simcse_loss_is_in_batch_cross_entropy_and_needs_dropout(data):
+    sp = data["specials"]
+    docs = Documents(TokenShards(data["shards"]), 64, sp.cls, sp.sep)
+    obj = build_objective("simcse", sp, temperature=0.1)
+    cfg = ModelConfig(**{**PRESETS["tiny"], "vocab_size": data["tok"].vocab_size, "pad_token_id": sp.pad})
+    torch.manual_seed(0)
+    model = PretrainModel(cfg, obj.heads(cfg)).eval()
+    batch = obj.collate([docs[i] for i in range(8)], torch.Generator().manual_seed(0))
+    loss, stats = obj.loss(model, batch)
+
+    def pooled(ids, mask):
+        h = model.body(ids, attention_mask=mask).last_hidden_state
+        return torch.nn.functional.normalize((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True), dim=-1)
+
+    a, b = pooled(batch["input_ids"], batch["attention_mask"]), pooled(batch["input_ids_b"], batch["attention_mask_b"])
+    expected = torch.nn.functional.cross_entropy(a @ b.T / 0.1, torch.arange(8))
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert stats["contrastive_loss"][1].item() == 8
+    loss.backward()
+    assert model.body.embeddings.word.weight.grad.abs().sum() > 0
+    with pytest.raises(InputError, match="needs dropout"):
+        obj.check_model(ModelConfig(**{**PRESETS["tiny"], "dropout": 0.0, "attention_dropout": 0.0}))
+
+
 # ---------------------------------------------------------------------------------------------------- config
 
 
 def test_objective_options_are_declared_per_class():
-    assert set(OBJECTIVES) == {"mlm", "wwm", "span", "mlm+nsp", "clm", "rtd"}
+    assert set(OBJECTIVES) == {"mlm", "wwm", "span", "mlm+nsp", "clm", "rtd", "simcse"}
     sec = PretrainSection(shards="s", out="o", objective="span", span_p=0.3, span_max=5)
     assert sec.validate().objective_options(OBJECTIVES["span"]) == {
         "mask_prob": 0.15, "mask_ratio": 0.8, "random_ratio": 0.1, "span_p": 0.3, "span_max": 5}
@@ -338,12 +407,16 @@ def test_objective_options_are_declared_per_class():
         PretrainSection(shards="s", out="o", objective="wwm", nsp_prob=0.3).validate()
     with pytest.raises(InputError, match="span_p"):
         build_objective("span", Specials(40, 0, 2, 3, 4, [0, 1, 2, 3, 4]), span_p=0.0)
+    with pytest.raises(InputError, match="views is an option of objective simcse"):
+        PretrainSection(shards="s", out="o", objective="mlm", views="dropout").validate()
+    with pytest.raises(InputError, match="no head to warm up"):
+        PretrainSection(shards="s", out="o", objective="simcse", init_from="ck", head_warmup_steps=10).validate()
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
-@pytest.mark.parametrize("objective", ["mlm", "wwm", "span", "mlm+nsp", "clm", "rtd"])
+@pytest.mark.parametrize("objective", ["mlm", "wwm", "span", "mlm+nsp", "clm", "rtd", "simcse"])
 def test_every_objective_trains_through_the_cli(data, tmp_path, objective, capsys):
     out = tmp_path / "run"
     code = main(["pretrain", "--shards", str(data["shards"]), "--out", str(out), "--objective", objective,
@@ -358,7 +431,7 @@ def test_every_objective_trains_through_the_cli(data, tmp_path, objective, capsy
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["objective"] == objective
     expected_heads = {"mlm": ["mlm"], "wwm": ["mlm"], "span": ["mlm", "sbo"], "mlm+nsp": ["mlm", "nsp"],
-                      "clm": ["lm"], "rtd": ["generator", "rtd"]}[objective]
+                      "clm": ["lm"], "rtd": ["generator", "rtd"], "simcse": []}[objective]
     assert config["heads"] == expected_heads
     assert config["model"]["causal"] == (objective == "clm")
     if objective == "mlm+nsp":

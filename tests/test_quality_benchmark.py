@@ -131,8 +131,12 @@ def test_run_config_changes_only_data_seeds_sweep_and_comparison(tmp_path, monke
         setting_b = quality.SETTING_B["finetune.trainer"] if setting == "b" else {}
         assert {k: v for k, v in cfg["finetune"]["trainer"].items() if k != "seed"} == \
             {k: v for k, v in base["finetune"]["trainer"].items() if k != "seed"} | setting_b
-        if setting == "b":  # continued pretraining at a published checkpoint's pace, its new MLM head warmed up
-            assert cfg["pretrain"]["head_warmup_steps"] == 50 and cfg["pretrain"]["trainer"]["lr"] == 1e-4
+        assert cfg["finetune"]["label_fraction"] == 1.0  # the main run takes the largest count
+        if setting == "b":  # continued pretraining of the sentence vector, at a published checkpoint's pace
+            assert (cfg["pretrain"]["objective"], cfg["pretrain"]["views"]) == ("simcse", "split")
+            assert cfg["pretrain"]["trainer"]["lr"] == 3e-5
+    cfg = tomllib.loads(quality.run_config(base, task, "a", 0, [0.05, 0.3], tmp_path / "run", 1, False))
+    assert (cfg["finetune"]["label_fraction"], cfg["sweep"]["label_fractions"]) == (0.3, [0.05])  # no "all"
 
 
 def test_collect_and_aggregate_over_seeds():

@@ -44,6 +44,14 @@ class Pooler(nn.Module):
 POOLING = ("cls", "mean")
 
 
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, T, H] states -> [B, H] mean over the real tokens (`mask` [B, T]; None: all), [CLS] / [SEP] included."""
+    if mask is None:
+        return hidden.mean(1)
+    m = mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 class ClassificationHead(nn.Module):
     """BERT's sequence classifier: `pooler.dense` + tanh -> dropout -> `classifier` ([B, T, H] -> [B, K]).
 
@@ -62,9 +70,7 @@ class ClassificationHead(nn.Module):
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.pooling == "mean":
-            m = torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask
-            m = m.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
-            hidden = ((hidden * m).sum(1) / m.sum(1).clamp(min=1)).unsqueeze(1)  # [B, 1, H]
+            hidden = masked_mean(hidden, mask).unsqueeze(1)  # [B, 1, H]
         elif positions is not None:
             hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions].unsqueeze(1)  # [B, 1, H]
         return self.classifier(self.dropout(self.pooler(hidden)))  # [B, K]

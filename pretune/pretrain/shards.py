@@ -386,3 +386,29 @@ class PackedSequences:
         ids = np.concatenate(([self.cls_id], body, [self.sep_id])).astype(np.int64, copy=False)
         words = np.concatenate(([True], body_words, [True]))
         return ids, words
+
+
+class Documents:
+    """One training item per document (a corpus line by default): [CLS] + its first max_len - 2 tokens + [SEP].
+
+    For objectives that learn a vector per text (`simcse`): unlike PackedSequences, an item never spans two
+    documents, so items differ in length and batches are padded."""
+
+    def __init__(self, shards: TokenShards, max_len: int, cls_id: int, sep_id: int):
+        if max_len < 3:
+            raise InputError(f"max_len must be at least 3 ([CLS] x [SEP]), got {max_len}")
+        self.shards, self.chunk, self.cls_id, self.sep_id = shards, int(max_len) - 2, int(cls_id), int(sep_id)
+
+    def __len__(self) -> int:
+        return self.shards.n_docs
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 [<= max_len], word_starts bool); [CLS] and [SEP] count as word starts."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"document {i} out of range for {len(self)} documents")
+        i %= len(self)
+        a = int(self.shards.doc_offsets[i])
+        b = min(int(self.shards.doc_offsets[i + 1]), a + self.chunk)
+        ids = np.concatenate(([self.cls_id], self.shards.tokens[a:b], [self.sep_id])).astype(np.int64)
+        words = np.concatenate(([True], self.shards.word_starts[a:b] != 0, [True]))
+        return ids, words

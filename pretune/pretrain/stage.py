@@ -36,7 +36,7 @@ class PretrainSection:
     out: str = field(default="", metadata={"help": "run directory (checkpoints, metrics.jsonl, model/)"})
     max_len: int = field(default=128, metadata=bounds(ge=8))
     model_size: str = field(default="base", metadata={"help": f"preset: {', '.join(PRESETS)}; [model] keys override"})
-    objective: str = field(default="mlm", metadata={"help": "mlm | wwm | span | mlm+nsp | clm | rtd"})
+    objective: str = field(default="mlm", metadata={"help": "mlm | wwm | span | mlm+nsp | clm | rtd | simcse"})
     mask_prob: float = field(default=0.15, metadata=bounds(
         gt=0, le=1, help="masked objectives: share of tokens to predict"))
     mask_ratio: float = field(default=0.8, metadata=bounds(
@@ -48,6 +48,10 @@ class PretrainSection:
     span_max: int = field(default=10, metadata=bounds(ge=1, help="span: longest span, in words"))
     nsp_prob: float = field(default=0.5, metadata=bounds(
         ge=0, le=1, help="mlm+nsp: probability that segment B is random"))
+    temperature: float = field(default=0.05, metadata=bounds(
+        gt=0, help="simcse: the softmax temperature of the cosine similarities"))
+    views: str = field(default="split", metadata={
+        "help": "simcse: split (the two parts of a text at a random cut) | dropout (the whole text twice)"})
     init_from: str | None = field(default=None, metadata={"help": "continue pretraining from this checkpoint"})
     head_warmup_steps: int = field(default=0, metadata=bounds(ge=0, help=
         "with init_from: the heads train alone for this many steps, the body held still (a checkpoint without an MLM "
@@ -78,6 +82,8 @@ class PretrainSection:
         if self.head_warmup_steps and not self.init_from:
             raise InputError("head_warmup_steps warms new heads up on a pretrained body: it needs init_from",
                              path=source)
+        if self.head_warmup_steps and OBJECTIVES[self.objective].headless:
+            raise InputError(f"head_warmup_steps: objective {self.objective!r} has no head to warm up", path=source)
         if self.embed_init not in EMBED_INITS:
             raise InputError(f"embed_init must be one of {EMBED_INITS}, got {self.embed_init!r}", path=source)
         if self.embed_init not in ("auto", "random") and self.init_from:

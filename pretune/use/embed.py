@@ -16,6 +16,7 @@ from pretune import files
 from pretune.errors import InputError
 from pretune.finetune.model import TaskModel
 from pretune.interop.hf import open_checkpoint
+from pretune.model.heads import masked_mean
 from pretune.model.transformer import Transformer
 from pretune.text.labeled import length_grouped_batches, read_examples
 from pretune.training import checkpoint as ck
@@ -93,8 +94,7 @@ def embed(checkpoint, texts: Sequence[str], layers: str = "last", pool: str = "c
             if pool == "cls":
                 vecs = h[:, 0]
             elif pool == "mean":
-                m = mask.unsqueeze(-1).float()
-                vecs = (h * m).sum(1) / m.sum(1)
+                vecs = masked_mean(h, mask)
             for r, i in enumerate(idx):
                 results[i] = (h[r, : len(ids[i])] if pool == "none" else vecs[r]).cpu().numpy()
     H = body.config.hidden_size

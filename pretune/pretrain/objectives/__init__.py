@@ -7,6 +7,8 @@
     clm       GPT's causal LM: next-token loss over packed sequences, on a causal model     (clm.py)
     rtd       ELECTRA's replaced-token detection: a small generator fills masked positions, the model
               learns at every token whether it was replaced                                  (rtd.py)
+    simcse    unsupervised SimCSE: two dropout views of each text, one mean-pooled vector pulled together,
+              the batch's other texts pushed away; no head (for sentence-embedding checkpoints)  (contrastive.py)
 
 The interface, the registry and the shared pieces are in base.py. Importing this package imports every objective
 module, in the order above, so that each registers itself (the order of OBJECTIVES).
@@ -36,11 +38,13 @@ from pretune.pretrain.objectives.span import Span, SpanMLM, sample_spans, span_b
 from pretune.pretrain.objectives.nsp import MLMWithNSP, SentencePairs, pad_pairs
 from pretune.pretrain.objectives.clm import CausalLM
 from pretune.pretrain.objectives.rtd import ReplacedTokenDetection
+from pretune.pretrain.objectives.contrastive import SimCSE
 
 __all__ = [
     "IGNORE", "MASK_OPTIONS", "OBJECTIVES", "CausalLM", "MLMWithNSP", "MaskedLM", "Objective", "PretrainModel",
     "ReplacedTokenDetection",
-    "SentencePairs", "Span", "SpanMLM", "Specials", "Stats", "SumCrossEntropy", "WholeWordMLM", "build_objective",
+    "SentencePairs", "SimCSE", "Span", "SpanMLM", "Specials", "Stats", "SumCrossEntropy", "WholeWordMLM",
+    "build_objective",
     "corrupt", "mlm_loss", "numpy_rng", "pad_pairs", "pad_sequences", "register", "sample_spans",
     "span_boundary_loss", "span_length_distribution", "special_mask", "token_loss", "word_index",
 ]

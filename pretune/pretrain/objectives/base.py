@@ -75,6 +75,7 @@ class Objective:
     causal = False
     options: tuple[str, ...] = ()
     kmer_runs = False  # masks runs of k tokens for an overlapping k-mer tokenizer (else refused with one)
+    headless = False  # trains the body alone (no head to warm up)
 
     def __init__(self, specials: Specials, **options):
         self.specials = specials
