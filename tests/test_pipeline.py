@@ -386,3 +386,4 @@ def test_bad_labeled_data_fails_before_any_stage(tmp_path, capsys):
     assert code == 2
     assert "validation.csv:42:" in err and "noun.bogus" in err
     assert not (tmp_path / "run").exists()
+

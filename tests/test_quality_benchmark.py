@@ -19,6 +19,7 @@ import quality  # noqa: E402
 import tasks  # noqa: E402
 
 from pretune.errors import InputError  # noqa: E402
+from pretune.run.config import load_config  # noqa: E402
 
 DUMPAVAIL = """Package: a
 Description: inline synopsis
@@ -187,3 +188,21 @@ def test_help_prints(capsys):
     with pytest.raises(SystemExit) as exit_info:
         quality.parse_args(["--help"])
     assert exit_info.value.code == 0 and "--labels" in capsys.readouterr().out
+
+
+def test_minilm_example_is_the_setting_b_recipe(tmp_path):
+    """examples/minilm.toml names its checkpoint with --set, and holds quality.py's setting b recipe."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "minilm.toml"
+    ckpt = tmp_path / "minilm"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="no such folder"):  # the placeholder path is refused, naming the key
+        load_config(example)
+    cfg = load_config(example, [f"pretrain.init_from={ckpt}", f'compare.checkpoints=["{ckpt}"]'])
+    assert cfg.pretrain.init_from == str(ckpt) and cfg.compare.checkpoints == [str(ckpt)]
+    assert Path(cfg.corpus.files[0]).is_file() and Path(cfg.finetune.test).is_file()
+    recipe = quality.SETTING_B
+    assert {k: getattr(cfg.pretrain, k) for k in ("objective", "views")} == \
+        {k: recipe["pretrain"][k] for k in ("objective", "views")}
+    assert {k: getattr(cfg.pretrain_trainer, k) for k in recipe["pretrain.trainer"]} == recipe["pretrain.trainer"]
+    assert cfg.finetune_trainer.lr == recipe["finetune.trainer"]["lr"]
