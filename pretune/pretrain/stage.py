@@ -96,7 +96,8 @@ class PretrainSection:
             if f.name in OPTION_NAMES and f.name not in taken and getattr(self, f.name) != f.default:
                 users = sorted(name for name, cls in OBJECTIVES.items() if f.name in cls.options)
                 raise InputError(f"{f.name} is an option of objective {' / '.join(users)}, not of "
-                                 f"{self.objective!r}", path=source)
+                                 f"{self.objective!r}: remove {f.name} = {getattr(self, f.name)!r} from the "
+                                 f"config, or set it to its default {f.default!r}", path=source)
         return self
 
     def objective_options(self, cls: type[Objective]) -> dict:
