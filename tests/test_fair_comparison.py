@@ -67,6 +67,15 @@ def test_epochs_are_raised_to_the_floor_and_max_steps_still_caps():
     assert FinetuneSection().min_steps == 150
 
 
+def test_short_epochs_are_evaluated_about_20_times_a_run_not_every_epoch():
+    few = FinetuneTrainConfig().resolve(2, 12, min_steps=150)  # 5 labels per class: 75 epochs of 2 steps
+    assert (few.max_steps, few.eval_every, few.save_every) == (150, 8, 8)  # 19 evaluations (and the last step)
+    many = FinetuneTrainConfig().resolve(63, 12, min_steps=150)  # 2,000 labels: once an epoch, as before
+    assert (many.max_steps, many.eval_every, many.save_every) == (756, 63, 63)
+    mine = FinetuneTrainConfig(eval_every=2, save_every=50).resolve(2, 12, min_steps=150)  # explicit values stand
+    assert (mine.eval_every, mine.save_every) == (2, 50)
+
+
 def _fifty_labels(tmp_path: Path) -> tuple[Path, Path]:
     rows = ["a fish that swims in the sea,animal", "a tool for cutting wood,artifact"]
     lines = ["text,label"] + [f"{rows[i % 2].replace(',', f' {i},')}" for i in range(50)]
@@ -91,6 +100,10 @@ def test_early_stopping_waits_for_min_steps(tiny_ckpt, tmp_path, monkeypatch):
     long = dataclasses.replace(sec, out=str(tmp_path / "long"), epochs=20)
     result = ft.finetune({"finetune": long, "train": FinetuneTrainConfig(batch_size=32, lr=1e-3, progress=False)})
     assert result["stopped_early"] and result["steps"] == 12  # the first evaluation that counts, at the floor
+    evaluated.clear()
+    short = dataclasses.replace(sec, out=str(tmp_path / "short"), epochs=1, patience=0, min_steps=60)
+    result = ft.finetune({"finetune": short, "train": FinetuneTrainConfig(batch_size=32, lr=1e-3, progress=False)})
+    assert result["steps"] == 60 and len(evaluated) == 20  # 30 epochs of 2 steps, evaluated every 3 steps
 
 
 # ---- the fair baseline -----------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ TEXTS = ["a fish that swims in the sea", "a tool", "a person who teaches childre
 
 
 def _finetune(task: str, ckpt: Path, root: Path, train_text: str, suffix: str, max_len: int = 32,
-              epochs: int = 2, pooling: str = "auto") -> Path:
+              epochs: int = 2, pooling: str = "auto", eval_every: int | None = None) -> Path:
     """Fine-tune on `train_text` (validation = the training file; no early stopping: the tests need the model to
     have fit its few examples, whatever the first epochs' plateau)."""
     train = root / f"{task}_train{suffix}"
@@ -33,7 +33,8 @@ def _finetune(task: str, ckpt: Path, root: Path, train_text: str, suffix: str, m
     sec = FinetuneSection(task=task, checkpoint=str(ckpt), train=str(train), validation=str(train),
                              out=str(root / task), epochs=epochs, max_len=max_len, max_span_width=3,
                              patience=0, pooling=pooling)
-    ft.finetune({"finetune": sec, "train": FinetuneTrainConfig(batch_size=4, lr=3e-3, progress=False)})
+    ft.finetune({"finetune": sec, "train": FinetuneTrainConfig(batch_size=4, lr=3e-3, progress=False,
+                                                              eval_every=eval_every)})
     return root / task / "model"
 
 
@@ -50,8 +51,9 @@ def models(tiny_ckpt, tmp_path_factory) -> dict[str, Path]:
                    + "\n" for _ in range(6))
     return {
         # learns fish/sea: animal. The [CLS] head: the explanation tests need texts that move the probability far
-        # from the all-[PAD] baseline, which the 100-step fixture's mean-pooled head does not do for every text
-        "classify": _finetune("classify", tiny_ckpt, root, classify, ".csv", epochs=15, pooling="cls"),
+        # from the all-[PAD] baseline, which the 100-step fixture's mean-pooled head does not do for every text;
+        # evaluated every epoch of 3 steps (the default, 8 steps, keeps a checkpoint saturated on "other")
+        "classify": _finetune("classify", tiny_ckpt, root, classify, ".csv", epochs=15, pooling="cls", eval_every=3),
         "pair": _finetune("pair", tiny_ckpt, root, pair, ".csv"),
         "tag": _finetune("tag", tiny_ckpt, root, tag, ".conll", max_len=8),  # long sentences get split
         "span": _finetune("span", tiny_ckpt, root, span, ".jsonl"),

@@ -250,18 +250,22 @@ class FinetuneSection:
         return out
 
 
+EVALS_PER_RUN = 20  # fine-tuning evaluates once an epoch, but by default no more than about this often a run
+
+
 @dataclass
 class FinetuneTrainConfig(TrainConfig):
     """[train] for fine-tuning: the same keys with fine-tuning defaults. max_steps is a cap on epochs x batches
-    (unset: no cap); eval_every and save_every default to once per epoch."""
+    (unset: no cap); eval_every and save_every default to once per epoch, and to about EVALS_PER_RUN a run when
+    epochs are short (a few labels: an epoch of 2 steps would spend most of the run evaluating)."""
 
     max_steps: int | None = field(default=None, metadata=bounds(ge=1, help="cap on optimizer steps (default: epochs)"))
     batch_size: int = field(default=16, metadata=bounds(ge=1))
     lr: float = field(default=2e-5, metadata=bounds(gt=0, help="learning rate of the pretrained body"))
     eval_every: int | None = field(default=None, metadata=bounds(
-        ge=1, help="steps between evaluations (default: an epoch)"))
+        ge=1, help="steps between evaluations (default: an epoch, or 1/20 of the run if longer)"))
     save_every: int | None = field(default=None, metadata=bounds(
-        ge=1, help="steps between checkpoints (default: an epoch)"))
+        ge=1, help="steps between checkpoints (default: as eval_every)"))
 
     def validate(self, source: str | None = None) -> FinetuneTrainConfig:
         check_numbers(self, source, "[train] ")
@@ -277,8 +281,9 @@ class FinetuneTrainConfig(TrainConfig):
         epochs = max(epochs, -(-min_steps // steps_per_epoch))  # ceil(min_steps / steps_per_epoch)
         total = epochs * steps_per_epoch
         values["max_steps"] = min(total, self.max_steps) if self.max_steps else total
-        values["eval_every"] = self.eval_every or steps_per_epoch
-        values["save_every"] = self.save_every or steps_per_epoch
+        every = max(steps_per_epoch, -(-values["max_steps"] // EVALS_PER_RUN))  # an epoch, or 1/20 of the run
+        values["eval_every"] = self.eval_every or every
+        values["save_every"] = self.save_every or every
         return TrainConfig(**values).validate()
 
 

@@ -159,7 +159,8 @@ def finetune(sections: dict, resume: bool = False, overwrite: bool = False, sour
         for w in warnings:
             print(f"pretune: warning: {w}", file=sys.stderr)
         print(f"{task}: {len(labels)} labels, {len(train_ex)} training examples ({len(train.features)} inputs), "
-              f"{steps_per_epoch} steps per epoch; weights loaded: {loaded}; frozen tensors: {len(frozen)}")
+              f"{steps_per_epoch} steps per epoch, {run_cfg.max_steps} steps evaluated every {run_cfg.eval_every}; "
+              f"weights loaded: {loaded}; frozen tensors: {len(frozen)}")
         if pool_info is not None:
             print(f"consistency training (UDA, weight {sec.uda_weight:g}) on {pool_info['used']} unlabeled items "
                   f"({pool_info['dropped_duplicates']} repeated or labeled texts dropped)")
