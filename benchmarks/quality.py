@@ -157,6 +157,7 @@ def setfit_rows(python: str, task: Task, seed: int, fractions: list[float], metr
             str(task.test), "--model", str(minilm_folder()), "--seed", str(seed), "--metric", metric,
             "--fractions", ",".join(map(str, fractions)), "--out", str(path)]
     if not (path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("args") == args[2:]):
+        out.mkdir(parents=True, exist_ok=True)  # beside the settings' run folders, which are one level deeper
         subprocess.run(args, check=True, cwd=REPO, env=ENV | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     return json.loads(path.read_text(encoding="utf-8"))["table"]
 

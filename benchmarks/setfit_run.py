@@ -54,8 +54,12 @@ def main(argv: list[str] | None = None) -> None:
         predicted = [str(x) for x in model.predict([e.text for e in test], as_numpy=True)]
         row[str(len(subset))] = float(METRICS[args.metric]([e.label for e in test], predicted))
         print(f"[setfit] {len(subset)} labels: {args.metric} {row[str(len(subset))]:.4f}", file=sys.stderr, flush=True)
-    Path(args.out).write_text(json.dumps({"args": sys.argv[1:] if argv is None else argv, "table": {method: row}}),
-                              encoding="utf-8")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")  # written whole, then renamed: never a half-written result
+    partial.write_text(json.dumps({"args": sys.argv[1:] if argv is None else argv, "table": {method: row}}),
+                       encoding="utf-8")
+    partial.replace(out)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,30 @@ def test_collect_needs_a_comparison():
         quality.collect({"models": {}}, "a")
 
 
+def test_setfit_rows_make_their_folder_and_are_reused(tmp_path, monkeypatch):
+    """The SetFit result lies in <out>/<task>/seed<k>/, a folder no setting's run creates; a stand-in for the SetFit
+    Python writes the result as setfit_run.py does and counts its calls."""
+    monkeypatch.setattr(quality, "minilm_folder", lambda: tmp_path / "model")
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_python"
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\nargv = sys.argv[2:]\n"
+                    f"open({str(calls)!r}, 'a').write('x')\n"
+                    "out = argv[argv.index('--out') + 1]\n"
+                    "json.dump({'args': argv, 'table': {'SetFit model': {'6': 0.5}}}, open(out, 'w'))\n",
+                    encoding="utf-8")
+    fake.chmod(0o755)
+    task = tasks.Task("t", tmp_path / "train.csv", tmp_path / "val.csv", tmp_path / "test.csv",
+                      tmp_path / "corpus.txt", 3, 60)
+    out = tmp_path / "q" / "t" / "seed1"
+    assert not out.exists()
+    for _ in range(2):
+        table = quality.setfit_rows(str(fake), task, 1, [0.1], "accuracy", out)
+        assert table == {"SetFit model": {"6": 0.5}}
+    assert (out / "setfit.json").is_file() and calls.read_text() == "x"  # the second call reused the result
+    quality.setfit_rows(str(fake), task, 2, [0.1], "accuracy", out)  # other arguments: run again
+    assert calls.read_text() == "xx"
+
+
 @pytest.mark.slow
 def test_quick_end_to_end_on_a_tiny_task(tmp_path, capsys):
     rows = read_rows(tasks.WORDNET / "supersense_train.csv")
