@@ -11,7 +11,6 @@ contrastive fine-tuning of the body (5 pair iterations, one epoch) and a logisti
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from datasets import Dataset
 from setfit import SetFitModel, Trainer, TrainingArguments
 from sklearn.metrics import accuracy_score, f1_score
 
+from pretune.files import write_json
 from pretune.finetune.data import subsample
 from pretune.run.config import checkpoint_name
 from pretune.text.labeled import read_examples
@@ -54,12 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         predicted = [str(x) for x in model.predict([e.text for e in test], as_numpy=True)]
         row[str(len(subset))] = float(METRICS[args.metric]([e.label for e in test], predicted))
         print(f"[setfit] {len(subset)} labels: {args.metric} {row[str(len(subset))]:.4f}", file=sys.stderr, flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")  # written whole, then renamed: never a half-written result
-    partial.write_text(json.dumps({"args": sys.argv[1:] if argv is None else argv, "table": {method: row}}),
-                       encoding="utf-8")
-    partial.replace(out)
+    write_json(Path(args.out), {"args": sys.argv[1:] if argv is None else argv, "table": {method: row}})
 
 
 if __name__ == "__main__":
