@@ -86,6 +86,46 @@ def test_head_warmup_trains_a_new_head_on_a_body_held_still(trained, tmp_path, c
     assert code == 2 and "init_from" in capsys.readouterr().err
 
 
+def checkpoint_folder(path, objective: str, heads: list[str], causal: bool = False):
+    """A folder whose config.json says what auto_objective reads (the architecture's causal flag, objective, heads)."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model": {"causal": causal}, "objective": objective,
+                                                  "heads": heads}))
+    return str(path)
+
+
+@pytest.mark.parametrize("objective,heads,causal,expected", [
+    ("mlm", ["mlm"], False, "mlm"),
+    ("wwm", ["mlm"], False, "wwm"),
+    ("span", ["mlm", "sbo"], False, "span"),
+    ("mlm+nsp", ["mlm", "nsp"], False, "mlm"),  # continued without NSP's document pairs
+    ("rtd", ["generator", "rtd"], False, "rtd"),
+    ("clm", ["lm"], True, "clm"),
+    ("simcse", [], False, "simcse"),
+    ("mlm", [], False, "simcse"),  # a body imported without its MLM head (a sentence-embedding model)
+])
+def test_auto_objective_continues_what_the_checkpoint_has_heads_for(tmp_path, objective, heads, causal, expected):
+    from pretune.pretrain.stage import PretrainSection, auto_objective
+
+    folder = checkpoint_folder(tmp_path / "ck", objective, heads, causal)
+    assert auto_objective(folder) == expected
+    assert auto_objective(None) == "mlm"
+    sec = PretrainSection(shards="s", out="o", init_from=folder).validate()  # objective = "auto" by default
+    assert sec.objective == expected
+
+
+def test_auto_objective_through_the_cli_trains_the_checkpoints_objective(trained, tmp_path, capsys):
+    """No --objective: an mlm checkpoint is continued with mlm (its head kept), and a missing checkpoint is named."""
+    assert main(["pretrain", "--shards", str(trained["shards"]), "--out", str(tmp_path / "a"), "--init-from",
+                 str(trained["ckpt"]), "--max-steps", "1", "--eval-every", "1", *COMMON]) == 0
+    saved = json.loads((tmp_path / "a" / "model" / "config.json").read_text())
+    assert saved["objective"] == "mlm" and saved["heads"] == ["mlm"]
+    capsys.readouterr()
+    assert main(["pretrain", "--shards", str(trained["shards"]), "--out", str(tmp_path / "b"),
+                 "--init-from", str(tmp_path / "missing"), "--max-steps", "1", *COMMON]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
 def domain_words(trained, n: int = 6) -> list[str]:
     """Frequent long corpus words that the tokenizer splits into several pieces."""
     counts = collections.Counter(w for line in trained["lines"] for w in re.findall(r"[a-z]{7,}", line.lower()))

@@ -23,6 +23,7 @@ from pretune.interop.hf_export import export_hf  # noqa: E402
 from pretune.model.heads import MLMHead  # noqa: E402
 from pretune.model.transformer import PRESETS, ModelConfig  # noqa: E402
 from pretune.pretrain.objectives import PretrainModel  # noqa: E402
+from pretune.pretrain.stage import auto_objective  # noqa: E402
 from pretune.text.tokenizer import KINDS, PretuneTokenizer, train_tokenizer  # noqa: E402
 from pretune.training import checkpoint as ck  # noqa: E402
 
@@ -198,6 +199,7 @@ def test_import_lm_logits_match(tmp_path, kind, case):
     ckpt = open_checkpoint(tmp_path / "hf")  # a Hugging Face folder is imported on the fly
     assert ckpt.config["heads"] == (["lm"] if kind == "gpt2" else ["mlm"])
     assert ckpt.config["model"]["causal"] is (kind == "gpt2")
+    assert auto_objective(str(tmp_path / "hf")) == ("clm" if kind == "gpt2" else "mlm")
     model = pretrain_model(ckpt)
     pad = 1 if "roberta" in kind else 0
     types = hf.config.type_vocab_size if kind in ("bert", "roberta") else 0
@@ -225,6 +227,7 @@ def test_import_base_model_has_no_head(tmp_path):
     hf = make_hf("bert", "bert-gelu", tmp_path / "hf", task="body")
     imported = import_folder(tmp_path / "hf", tmp_path / "ckpt")
     assert imported.config["heads"] == []
+    assert auto_objective(str(tmp_path / "hf")) == "simcse"  # objective = "auto": no random MLM head on the body
     assert any("random" in n for n in imported.notes) and not any("pooler" in n for n in imported.notes)
     ckpt = open_checkpoint(tmp_path / "ckpt")
     assert sorted(k for k in ckpt.state_dict if not k.startswith("body.")) == ["pooler.dense.bias",
@@ -246,6 +249,7 @@ def test_bert_pretraining_heads_mlm_and_nsp(tmp_path):
     hf = make_hf("bert", "bert-gelu", tmp_path / "hf", task="pretraining")
     ckpt = open_checkpoint(tmp_path / "hf")
     assert ckpt.config["objective"] == "mlm+nsp" and ckpt.config["heads"] == ["mlm", "nsp"]
+    assert auto_objective(str(tmp_path / "hf")) == "mlm"
     cfg = ModelConfig.from_dict(ckpt.config["model"])
     model = PretrainModel(cfg, {"mlm": MLMHead(cfg), "nsp": NSPHead(cfg)}).eval()
     ck.load_into(model, ckpt.state_dict, ckpt.path)

@@ -13,6 +13,7 @@ import gzip
 import importlib.util
 import json
 import random
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -102,18 +103,29 @@ def best_accuracy(run: Path) -> float:
     return max(r["accuracy"] for r in records if r.get("split") == "validation" and "accuracy" in r)
 
 
+def test_auto_objective_continues_a_sentence_embedding_model_with_simcse(minilm, capsys):
+    """all-MiniLM-L6-v2 ships no MLM head: `pretune run` with init_from and no objective pretrains it with simcse,
+    and the bundled default's mask_prob (an mlm option) is dropped rather than refused."""
+    capsys.readouterr()
+    assert main(["run", "--print-config", "--set", f'pretrain.init_from="{minilm}"']) == 0
+    printed = tomllib.loads(capsys.readouterr().out)["pretrain"]
+    assert printed["objective"] == "simcse" and printed["mask_prob"] == 0.15, printed
+    assert main(["run", "--print-config"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["pretrain"]["objective"] == "mlm"  # from scratch
+
+
 @pytest.mark.slow
 def test_minilm_continue_pretraining_then_finetune_beats_scratch(minilm, tmp_path):
-    # 1. continue pretraining with MLM on WordNet glosses (domain text); the MLM head starts fresh
+    # 1. continue pretraining with MLM (named: auto would pick simcse) on WordNet glosses; the MLM head starts fresh
     with gzip.open(WORDNET / "corpus.txt.gz", "rt", encoding="utf-8") as f:
         lines = [line for _, line in zip(range(3000), f)]
     (tmp_path / "corpus.txt").write_text("".join(lines), encoding="utf-8")
     assert main(["prepare", str(tmp_path / "corpus.txt"), "--tokenizer", str(minilm), "--out",
                  str(tmp_path / "shards"), "--validation-fraction", "0.05"]) == 0
     assert main(["pretrain", "--shards", str(tmp_path / "shards"), "--init-from", str(minilm), "--out",
-                 str(tmp_path / "pre"), "--max-len", "64", "--max-steps", "12", "--batch-size", "8", "--lr", "3e-4",
-                 "--warmup-steps", "2", "--eval-every", "6", "--eval-batches", "4", "--no-progress",
-                 "--device", "cpu"]) == 0
+                 str(tmp_path / "pre"), "--objective", "mlm", "--max-len", "64", "--max-steps", "12",
+                 "--batch-size", "8", "--lr", "3e-4", "--warmup-steps", "2", "--eval-every", "6", "--eval-batches",
+                 "4", "--no-progress", "--device", "cpu"]) == 0
     records = [json.loads(x) for x in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines() if x.strip()]
     val = [r["mlm_loss"] for r in records if r.get("split") == "validation" and "mlm_loss" in r]
     assert len(val) >= 2 and val[-1] < val[0], val  # the fresh head learns; the body adapts

@@ -283,7 +283,8 @@ def test_untrained_positions_are_warned_of():
     warning = untrained_positions_warning(load_config(overrides=["pretrain.max_len=32"]))
     assert warning is not None and "positions 32-63 are never pretrained" in warning
     assert untrained_positions_warning(load_config(overrides=["finetune.max_len=32"])) is None
-    from_checkpoint = load_config(overrides=["pretrain.max_len=32", f"pretrain.init_from={default_config_path()}"])
+    from_checkpoint = load_config(overrides=["pretrain.max_len=32", "pretrain.objective=mlm",  # auto opens it
+                                             f"pretrain.init_from={default_config_path()}"])
     assert untrained_positions_warning(from_checkpoint) is None
 
 

@@ -12,7 +12,8 @@ import torch
 
 from pretune.config import bounds, check_numbers
 from pretune.errors import InputError
-from pretune.interop.hf import open_checkpoint
+from pretune.files import read_json
+from pretune.interop.hf import convert_folder, open_checkpoint
 from pretune.model.transformer import PRESETS, ModelConfig, describe
 from pretune.pretrain.embed_init import EMBED_INITS, ppmi_embeddings
 from pretune.pretrain.objectives import OBJECTIVES, Objective, PretrainModel, Specials, build_objective
@@ -36,7 +37,10 @@ class PretrainSection:
     out: str = field(default="", metadata={"help": "run directory (checkpoints, metrics.jsonl, model/)"})
     max_len: int = field(default=128, metadata=bounds(ge=8))
     model_size: str = field(default="base", metadata={"help": f"preset: {', '.join(PRESETS)}; [model] keys override"})
-    objective: str = field(default="mlm", metadata={"help": "mlm | wwm | span | mlm+nsp | clm | rtd | simcse"})
+    objective: str = field(default="auto", metadata={
+        "help": "mlm | wwm | span | mlm+nsp | clm | rtd | simcse | auto (mlm from scratch; with init_from, what the "
+                "checkpoint's heads continue: simcse for one without a pretraining head, e.g. a sentence-embedding "
+                "model; see auto_objective)"})
     mask_prob: float = field(default=0.15, metadata=bounds(
         gt=0, le=1, help="masked objectives: share of tokens to predict"))
     mask_ratio: float = field(default=0.8, metadata=bounds(
@@ -73,8 +77,6 @@ class PretrainSection:
             raise InputError("out is required: the run directory to write", path=source)
         if self.model_size not in PRESETS:
             raise InputError(f"model_size must be one of {sorted(PRESETS)}, got {self.model_size!r}", path=source)
-        if self.objective not in OBJECTIVES:
-            raise InputError(f"unknown objective {self.objective!r}; expected one of {sorted(OBJECTIVES)}", path=source)
         if self.max_len < 8:
             raise InputError(f"max_len must be >= 8, got {self.max_len}", path=source)
         if self.head_warmup_steps < 0:
@@ -82,8 +84,6 @@ class PretrainSection:
         if self.head_warmup_steps and not self.init_from:
             raise InputError("head_warmup_steps warms new heads up on a pretrained body: it needs init_from",
                              path=source)
-        if self.head_warmup_steps and OBJECTIVES[self.objective].headless:
-            raise InputError(f"head_warmup_steps: objective {self.objective!r} has no head to warm up", path=source)
         if self.embed_init not in EMBED_INITS:
             raise InputError(f"embed_init must be one of {EMBED_INITS}, got {self.embed_init!r}", path=source)
         if self.embed_init not in ("auto", "random") and self.init_from:
@@ -91,9 +91,19 @@ class PretrainSection:
                              "init_from the checkpoint's embeddings are used", path=source)
         if self.add_tokens and not self.init_from:
             raise InputError("add_tokens extends a pretrained model's vocabulary: it needs init_from", path=source)
+        auto = self.objective == "auto"
+        if auto:  # after the checks above: it opens the init_from checkpoint
+            self.objective = auto_objective(self.init_from)
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"unknown objective {self.objective!r}; expected one of {sorted(OBJECTIVES)}", path=source)
+        if self.head_warmup_steps and OBJECTIVES[self.objective].headless:
+            raise InputError(f"head_warmup_steps: objective {self.objective!r} has no head to warm up", path=source)
         taken = OBJECTIVES[self.objective].options
         for f in fields(self):
             if f.name in OPTION_NAMES and f.name not in taken and getattr(self, f.name) != f.default:
+                if auto:  # options of the objectives auto did not choose (the bundled mask_prob with init_from)
+                    setattr(self, f.name, f.default)
+                    continue
                 users = sorted(name for name, cls in OBJECTIVES.items() if f.name in cls.options)
                 raise InputError(f"{f.name} is an option of objective {' / '.join(users)}, not of "
                                  f"{self.objective!r}: remove {f.name} = {getattr(self, f.name)!r} from the "
@@ -103,6 +113,29 @@ class PretrainSection:
     def objective_options(self, cls: type[Objective]) -> dict:
         """The keyword arguments of objective class `cls`: the fields named in its `options`."""
         return {name: getattr(self, name) for name in cls.options}
+
+
+def auto_objective(init_from: str | None) -> str:
+    """The objective `objective = "auto"` stands for. From scratch: mlm. With `init_from`: clm for a causal model;
+    the checkpoint's own masked objective (mlm, wwm, span; mlm for mlm+nsp) or rtd when its heads are there; else
+    simcse, which adds no head, so that a body published without its pretraining head (a sentence-embedding model
+    such as all-MiniLM-L6-v2) is not continued through a random MLM head (README "Starting from a published
+    checkpoint")."""
+    if not init_from:
+        return "mlm"
+    path = ck.resolve(init_from)
+    config = read_json(path / ck.CONFIG)
+    if "model_type" in config and "model" not in config:  # a Hugging Face folder: the config it converts to
+        config = convert_folder(path).config
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    if model.get("causal"):
+        return "clm"
+    recorded, heads = config.get("objective"), set(config.get("heads") or ())
+    if recorded == "rtd" and {"generator", "rtd"} <= heads:
+        return "rtd"
+    if "mlm" in heads:
+        return recorded if recorded == "wwm" or (recorded == "span" and "sbo" in heads) else "mlm"
+    return "simcse"
 
 
 OPTION_NAMES = {name for cls in OBJECTIVES.values() for name in cls.options}

@@ -24,7 +24,7 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[tokenizer] min_frequency` | `2` | rarest pair/piece kept |
 | `[tokenizer] lowercase` | `false` | lowercase (and strip accents, WordPiece) before tokenizing |
 | `[tokenizer] file` | none | use this `tokenizer.json` / `vocab.txt` (casing guessed) instead of training one |
-| `[pretrain] objective` | `"mlm"` | pretraining objective (`pretune pretrain --help` lists them) |
+| `[pretrain] objective` | `"auto"` | see `pretune pretrain --help`; auto: mlm, or with `init_from` the checkpoint's |
 | `[pretrain] model_size` | `"base"` | preset `tiny`, `mini`, `small` or `base`; `[pretrain.model]` overrides it |
 | `[pretrain] max_len` | `128` | tokens per packed pretraining sequence |
 | `[pretrain] mask_prob` ... | | the objective's options, as for `pretune pretrain` |
