@@ -288,6 +288,21 @@ def test_untrained_positions_are_warned_of():
     assert untrained_positions_warning(from_checkpoint) is None
 
 
+def test_published_checkpoint_at_a_from_scratch_rate_is_warned_of():
+    """init_from with the bundled default's rates (2e-3 pretraining, 1e-3 fine-tuning) gets a warning naming both;
+    at a published checkpoint's rates, or from scratch, none."""
+    from pretune.run.pipeline import published_lr_warning
+
+    assert published_lr_warning(load_config()) is None  # from scratch
+    init = ["pretrain.objective=mlm", f"pretrain.init_from={default_config_path()}"]
+    warning = published_lr_warning(load_config(overrides=init))
+    assert warning is not None and "[pretrain.trainer] lr 0.002 and [finetune.trainer] lr 0.001" in warning
+    skip = published_lr_warning(load_config(overrides=[*init, "run.skip_pretraining=true"]))
+    assert skip is not None and "pretrain.trainer" not in skip  # no pretraining: only fine-tuning's rate
+    assert published_lr_warning(load_config(overrides=[*init, "pretrain.trainer.lr=5e-5",
+                                                       "finetune.trainer.lr=5e-5"])) is None
+
+
 def test_print_config_round_trips(tmp_path, capsys):
     assert main(["run", "--print-config", "--set", "finetune.epochs=3", "--seed", "7"]) == 0
     text = capsys.readouterr().out

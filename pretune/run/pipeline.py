@@ -95,6 +95,24 @@ def untrained_positions_warning(cfg: PipelineConfig) -> str | None:
             "length, with [pretrain.trainer] batch_size scaled to keep the tokens per step)")
 
 
+PUBLISHED_LR = 3e-4  # above it a learning rate is one for training from scratch (fine-tuning BERT: 2e-5 to 5e-5)
+
+
+def published_lr_warning(cfg: PipelineConfig) -> str | None:
+    """A line when a checkpoint given by init_from is trained at a from-scratch learning rate (the bundled default's
+    2e-3 and 1e-3 with only init_from set): at that rate it loses what it was published with."""
+    if not cfg.pretrain.init_from:
+        return None
+    high = [f"[{name}] lr {lr:g}" for name, lr, used in (
+        ("pretrain.trainer", cfg.pretrain_trainer.lr, not cfg.run.skip_pretraining),
+        ("finetune.trainer", cfg.finetune_trainer.lr, True)) if used and lr > PUBLISHED_LR]
+    if not high:
+        return None
+    return (f"{' and '.join(high)}: rates for a model trained from scratch; a published checkpoint "
+            f"({cfg.pretrain.init_from}) trained at them forgets what it learned. Use about 3e-5 to 1e-4 "
+            "(examples/minilm.toml: 5e-5 for both)")
+
+
 def prepare_run_dir(root: Path, cfg: PipelineConfig) -> None:
     """A new or empty directory becomes a run directory; one holding anything else is refused."""
     marker = root / "pipeline.json"
@@ -114,8 +132,9 @@ def start_run(cfg: PipelineConfig, force: bool = False, log=print,
 
     Returns (runner, the checkpoint to fine-tune, its fingerprint, the fingerprint of its architecture)."""
     check_inputs(cfg)
-    if warning := untrained_positions_warning(cfg):
-        print(f"pretune: warning: {warning}", file=sys.stderr)
+    for warning in (untrained_positions_warning(cfg), published_lr_warning(cfg)):
+        if warning:
+            print(f"pretune: warning: {warning}", file=sys.stderr)
     set_threads(cfg.run.threads)
     root = Path(cfg.run.out).resolve()
     prepare_run_dir(root, cfg)
