@@ -35,7 +35,7 @@ from pretune.interop.hf_export import export_hf  # noqa: E402
 from pretune.model.heads import MLMHead  # noqa: E402
 from pretune.model.transformer import ModelConfig  # noqa: E402
 from pretune.pretrain.objectives import PretrainModel, Specials, build_objective  # noqa: E402
-from pretune.pretrain.stage import PretrainSection, build_model_config  # noqa: E402
+from pretune.pretrain.stage import PretrainSection, auto_objective, build_model_config  # noqa: E402
 from pretune.text.tokenizer import train_tokenizer  # noqa: E402
 from pretune.training import checkpoint as ck  # noqa: E402
 
@@ -124,7 +124,8 @@ def test_the_default_runs_model_exports_as_roberta_prelayernorm(tmp_path):
     conf = tomllib.loads(DEFAULT_TOML.read_text())
     pre, tcfg = conf["pretrain"], conf["tokenizer"]
     tok = tokenizer(tcfg["kind"], lowercase=tcfg.get("lowercase", False))
-    cfg = config_for(pre["objective"], tok, pre["model_size"], **pre.get("model", {}))
+    objective = auto_objective(None) if pre["objective"] == "auto" else pre["objective"]  # from scratch: mlm
+    cfg = config_for(objective, tok, pre["model_size"], **pre.get("model", {}))
     assert cfg.pre_ln and not cfg.causal  # what this test is about: if the default changes, look again
     ours = save_pretrained(tmp_path / "ckpt", cfg, tok)
     assert export_hf(tmp_path / "ckpt", tmp_path / "hf") == []
