@@ -45,7 +45,7 @@ SETTINGS = {"a": "pretraining from scratch", "b": "continued pretraining of all-
 PRETUNE_METHODS = ("pretune pretrained", "pretune from scratch")  # the comparison's names of pretune's rows
 SETTING_B = {  # continued pretraining of a published checkpoint: README "Starting from a published checkpoint"
     "pretrain": {"init_from": None, "objective": "simcse", "views": "split", "mask_prob": 0.15},  # init_from: per run
-    "pretrain.trainer": {"max_steps": 300, "batch_size": 64, "lr": 3e-5, "warmup_steps": 30, "schedule": "wsd"},
+    "pretrain.trainer": {"max_steps": 900, "batch_size": 64, "lr": 5e-5, "warmup_steps": 30, "schedule": "wsd"},
     "finetune.trainer": {"lr": 5e-5},  # as [compare] finetune_lr fine-tunes the checkpoint as published
 }
 QUICK = {  # --quick: a tiny pretraining and fine-tuning budget (smoke tests)

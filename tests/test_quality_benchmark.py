@@ -135,7 +135,7 @@ def test_run_config_changes_only_data_seeds_sweep_and_comparison(tmp_path, monke
         assert cfg["finetune"]["label_fraction"] == 1.0  # the main run takes the largest count
         if setting == "b":  # continued pretraining of the sentence vector, at a published checkpoint's pace
             assert (cfg["pretrain"]["objective"], cfg["pretrain"]["views"]) == ("simcse", "split")
-            assert cfg["pretrain"]["trainer"]["lr"] == 3e-5
+            assert (cfg["pretrain"]["trainer"]["lr"], cfg["pretrain"]["trainer"]["max_steps"]) == (5e-5, 900)
     cfg = tomllib.loads(quality.run_config(base, task, "a", 0, [0.05, 0.3], tmp_path / "run", 1, False))
     assert (cfg["finetune"]["label_fraction"], cfg["sweep"]["label_fractions"]) == (0.3, [0.05])  # no "all"
 
