@@ -19,6 +19,7 @@ from pretune.pretrain.embed_init import EMBED_INITS, ppmi_embeddings
 from pretune.pretrain.objectives import OBJECTIVES, Objective, PretrainModel, Specials, build_objective
 from pretune.pretrain.shards import TokenShards, tokenizer_hash
 from pretune.pretrain.vocab import extend_vocabulary, read_word_list
+from pretune.text.hf_tokenizer import is_hf_folder
 from pretune.text.tokenizer import PretuneTokenizer
 from pretune.training import checkpoint as ck
 from pretune.training import distributed as dist
@@ -124,9 +125,7 @@ def auto_objective(init_from: str | None) -> str:
     if not init_from:
         return "mlm"
     path = ck.resolve(init_from)
-    config = read_json(path / ck.CONFIG)
-    if "model_type" in config and "model" not in config:  # a Hugging Face folder: the config it converts to
-        config = convert_folder(path).config
+    config = convert_folder(path).config if is_hf_folder(path) else read_json(path / ck.CONFIG)
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
     if model.get("causal"):
         return "clm"
