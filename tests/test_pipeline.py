@@ -227,6 +227,38 @@ def test_tokenizer_file_is_used_instead_of_training(tiny_run, tmp_path, capsys):
     assert code == 2 and "missing.json" in err and "[tokenizer] file not found" in err
 
 
+def test_contrastive_stage_trains_the_checkpoint_fine_tuning_starts_from(tiny_run, tmp_path, capsys):
+    """[pretrain.contrastive] steps > 0: simcse steps on pretrain/model in contrastive/; fine-tuning starts from its
+    model (the pretraining and the from-scratch baseline, which depends on the architecture only, are kept)."""
+    from pretune.run.stages import file_hash
+
+    config, out = copy_run(tiny_run, tmp_path)
+    pretrained = file_hash(out / "pretrain" / "model" / "model.safetensors")
+    steps = ["--set", "pretrain.contrastive.steps=6", "--set", "pretrain.contrastive.batch_size=8"]
+    code, log, err = run(config, out, capsys, *steps, "--overwrite")
+    assert code == 0, err
+    assert {"tokenizer", "shards", "pretrain", "baseline", "sweep/baseline-0.25"} <= skipped(log)
+    assert {"contrastive", "finetune", "sweep/pretrained-0.25", "evaluate", "report"} <= ran(log)
+    record = json.loads((out / "contrastive" / "run.json").read_text())
+    assert record["pretrain"]["objective"] == "simcse" and record["train"]["max_steps"] == 6
+    assert record["pretrain"]["init_from"] == str(out / "pretrain" / "model")
+    assert file_hash(out / "pretrain" / "model" / "model.safetensors") == pretrained  # pretrain/ is kept as it was
+    contrasted = file_hash(out / "contrastive" / "model" / "model.safetensors")
+    assert contrasted != pretrained
+    assert stage_record(out, "finetune")["inputs"]["init"]["weights"] == contrasted
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["contrastive"]["steps"] == 6 and "contrastive_loss" in summary["contrastive"]["validation"]
+    # an objective that is simcse already gets no second contrastive stage; the log says why
+    code, log, err = run(config, tmp_path / "simcse", capsys, *steps, "--set", "pretrain.objective=simcse",
+                         "--set", "pretrain.trainer.max_steps=4", "--set", "sweep.label_fractions=[]",
+                         "--set", "compare.enabled=false")
+    assert code == 0, err
+    assert "[contrastive] not run: the pretraining objective is simcse already" in log
+    assert not (tmp_path / "simcse" / "contrastive").exists()
+    code, _, err = run(config, tmp_path / "bad", capsys, "--set", "pretrain.contrastive.views=crop")
+    assert code == 2 and "[pretrain.contrastive] views must be one of split, dropout" in err
+
+
 def test_interrupted_stage_continues(tmp_path, capsys, monkeypatch):
     from pretune.training.trainer import Trainer
 

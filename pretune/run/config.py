@@ -31,6 +31,8 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[pretrain] init_from` | none | continue pretraining from this checkpoint (its tokenizer and architecture) |
 | `[pretrain.model]` | | any `ModelConfig` key (hidden_size, num_layers, ...), overriding the preset |
 | `[pretrain.trainer]` | | the training loop of stage 1: max_steps, batch_size, lr, warmup_ratio, eval_every, ... |
+| `[pretrain.contrastive] steps` | `0` (off) | after pretraining, this many simcse steps on the same corpus |
+| `[pretrain.contrastive] lr`, `batch_size`, ... | `1e-3`, `64` | its lr, batch, warmup_steps, temperature, views |
 | `[finetune] task` | (required) | `classify`, `pair`, `tag`, `span` or `seqtag` (a label per character) |
 | `[finetune] train` / `validation` / `test` | (required) | labeled files (formats: `pretune finetune --help`) |
 | `[finetune] max_len`, `epochs`, `patience`, `metric`, `freeze`, `head_lr`, ... | | as for `pretune finetune` |
@@ -67,6 +69,7 @@ from pretune.errors import InputError
 from pretune.finetune.config import FREEZE_RE
 from pretune.finetune.config import SECTIONS as FT_SECTIONS
 from pretune.model.transformer import PRESETS
+from pretune.pretrain.objectives.contrastive import VIEWS
 from pretune.pretrain.stage import SECTIONS as PT_SECTIONS
 
 DEFAULT_CONFIG = "default.toml"
@@ -143,6 +146,26 @@ class SweepSection:
 
 
 @dataclass
+class ContrastiveSection:
+    """[pretrain.contrastive]: a contrastive stage after pretraining (`contrastive/`): `steps` of the simcse objective
+    (pretune/pretrain/objectives/contrastive.py) on the pretrained body and the same shards, so that the mean-pooled
+    vector fine-tuning starts from says what a text is about. It runs when steps > 0 and the pretraining objective
+    is a bidirectional one other than simcse itself; the rest of the trainer is [pretrain.trainer]'s."""
+    steps: int = field(default=0, metadata=bounds(ge=0))
+    lr: float = field(default=1e-3, metadata=bounds(gt=0))
+    batch_size: int = field(default=64, metadata=bounds(ge=2))  # in-batch negatives: at least two texts
+    warmup_steps: int = field(default=30, metadata=bounds(ge=0))
+    temperature: float = field(default=0.05, metadata=bounds(gt=0))
+    views: str = "split"
+
+    def validate(self, source=None) -> ContrastiveSection:
+        if self.views not in VIEWS:
+            raise InputError(f"[pretrain.contrastive] views must be one of {', '.join(VIEWS)}, got {self.views!r}",
+                             path=source)
+        return self
+
+
+@dataclass
 class CompareSection:
     enabled: bool = True
     classic: bool = True
@@ -190,6 +213,17 @@ class PipelineConfig:
     source: str
     tune: TuneSection | None = None  # [tune]: the hyperparameter search
     compare: CompareSection = field(default_factory=CompareSection)  # [compare]: the alternatives
+    contrastive: ContrastiveSection = field(default_factory=ContrastiveSection)  # [pretrain.contrastive]
+
+    def wants_contrastive(self) -> str | None:
+        """Why the contrastive stage does not run (None: it runs)."""
+        if self.run.skip_pretraining or not self.contrastive.steps:
+            return "off"
+        if self.pretrain.objective == "simcse":
+            return "the pretraining objective is simcse already"
+        if self.pretrain.objective == "clm":
+            return "a causal model pools its last token for fine-tuning, not the mean simcse trains"
+        return None
 
     def to_toml(self) -> str:
         """The resolved config as TOML (what `--print-config` shows and the run directory records)."""
@@ -201,6 +235,7 @@ class PipelineConfig:
             "pretrain": {k: v for k, v in asdict(self.pretrain).items() if k not in owned},
             "pretrain.model": self.model,
             "pretrain.trainer": _without(asdict(self.pretrain_trainer), RUN_WIDE),
+            "pretrain.contrastive": asdict(self.contrastive),
             "finetune": {k: v for k, v in asdict(self.finetune).items() if k not in owned},
             "finetune.trainer": _without(asdict(self.finetune_trainer), RUN_WIDE),
             "sweep": asdict(self.sweep),
@@ -363,8 +398,9 @@ def _load_config(path: str | Path | dict | None, overrides: list[str] | None, ou
     pre = _table(raw, "pretrain", source)
     model = coerce_fields(PT_SECTIONS["model"], _table(pre, "model", source), source, "pretrain.model")
     pre_train = _trainer_values(_table(pre, "trainer", source), run, "pretrain.trainer", source)
-    pre.pop("model", None)
-    pre.pop("trainer", None)
+    contrastive = from_dict(ContrastiveSection, _table(pre, "contrastive", source), source, "pretrain.contrastive")
+    for sub in ("model", "trainer", "contrastive"):
+        pre.pop(sub, None)
     _refuse_owned(pre, ("shards", "out"), "pretrain", source)
     # shards/out are placeholders until the run directory is known; validate() needs them set
     pretrain_sec = from_dict(PT_SECTIONS["pretrain"], {**pre, "shards": "-", "out": "-"}, source, "pretrain")
@@ -390,7 +426,7 @@ def _load_config(path: str | Path | dict | None, overrides: list[str] | None, ou
     tune = from_dict(TuneSection, _table(raw, "tune", source), source, "tune")
     compare = from_dict(CompareSection, _table(raw, "compare", source), source, "compare")
     return PipelineConfig(run, corpus, tokenizer, pretrain_sec, model, pretrain_trainer, finetune_sec,
-                          finetune_trainer, sweep, source, tune, compare)
+                          finetune_trainer, sweep, source, tune, compare, contrastive)
 
 
 def _trainer_values(values: dict, run: RunSection, where: str, source) -> dict:

@@ -5,6 +5,8 @@ Stages, each in its own folder of the run directory:
     tokenizer/   train a tokenizer on the unlabeled corpus (or take the checkpoint's, with [pretrain] init_from)
     shards/      the corpus as token shards (train / validation split by document)
     pretrain/    pretraining (objective, model and trainer from [pretrain]); pretrain/model is the checkpoint
+    contrastive/ optional ([pretrain.contrastive] steps > 0): simcse steps on pretrain/model; then its model/ is
+                 the checkpoint fine-tuning starts from
     causal/      clm with init_from only: the published checkpoint against the continued one (pretune/run/causal.py)
     tune/        optional ([tune] trials > 0): the hyperparameter search; the fine-tunings below use its best values
     finetune/    fine-tuning of the pretrained model on the labeled training set, early stopping on validation
@@ -47,6 +49,7 @@ from pretune.run.compare import (
 from pretune.run.config import PipelineConfig, table_metric
 from pretune.run.stages import FORMAT_VERSION, Runner, StageResult, architecture_fp, file_hash, read_record
 from pretune.run.steps import (
+    stage_contrastive,
     stage_evaluate,
     stage_finetune,
     stage_pretrain,
@@ -105,6 +108,7 @@ def published_lr_warning(cfg: PipelineConfig) -> str | None:
         return None
     high = [f"[{name}] lr {lr:g}" for name, lr, used in (
         ("pretrain.trainer", cfg.pretrain_trainer.lr, not cfg.run.skip_pretraining),
+        ("pretrain.contrastive", cfg.contrastive.lr, cfg.wants_contrastive() is None),
         ("finetune.trainer", cfg.finetune_trainer.lr, True)) if used and lr > PUBLISHED_LR]
     if not high:
         return None
@@ -144,7 +148,13 @@ def start_run(cfg: PipelineConfig, force: bool = False, log=print,
     else:
         tok = stage_tokenizer(runner, cfg)
         shards = stage_shards(runner, cfg, tok)
-        base = stage_pretrain(runner, cfg, shards).directory / "model"
+        pretrained = stage_pretrain(runner, cfg, shards)
+        base = pretrained.directory / "model"
+        skip = cfg.wants_contrastive()
+        if skip is None:
+            base = stage_contrastive(runner, cfg, shards, pretrained).directory / "model"
+        elif skip != "off":
+            log(f"[contrastive] not run: {skip}")
     # fine-tuning depends on the pretrained weights; the baseline only on the architecture and the tokenizer
     arch_fp = architecture_fp(base)
     base_fp = {"weights": file_hash(base / ck.WEIGHTS), **arch_fp}

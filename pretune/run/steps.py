@@ -16,7 +16,7 @@ from pretune.finetune.model import load_task_model
 from pretune.finetune.stage import evaluate_file
 from pretune.model.transformer import PRESETS, ModelConfig
 from pretune.pretrain.shards import prepare_corpus
-from pretune.pretrain.stage import pretrain
+from pretune.pretrain.stage import PretrainSection, pretrain
 from pretune.run.config import PipelineConfig
 from pretune.run.stages import (
     Runner,
@@ -114,6 +114,28 @@ def stage_pretrain(runner: Runner, cfg: PipelineConfig, shards: StageResult) -> 
         return {"steps": result["step"], "validation": result["validation"]}
 
     return runner.stage("pretrain", inputs, work, can_continue=has_last_checkpoint)
+
+
+def stage_contrastive(runner: Runner, cfg: PipelineConfig, shards: StageResult, pretrained: StageResult) -> StageResult:
+    """[pretrain.contrastive]: simcse steps on the pretrained body (pretrained/model), on the same shards; its
+    model/ is the checkpoint fine-tuning starts from. No heads: the pretraining heads stay in pretrain/model."""
+    c = cfg.contrastive
+    sec = PretrainSection(shards=str(shards.directory), out="-", max_len=cfg.pretrain.max_len,
+                          model_size=cfg.pretrain.model_size, objective="simcse", temperature=c.temperature,
+                          views=c.views, init_from=str(pretrained.directory / "model"))
+    base = cfg.pretrain_trainer
+    trainer = dataclasses.replace(base, max_steps=c.steps, lr=c.lr, batch_size=c.batch_size,
+                                  warmup_steps=c.warmup_steps, eval_every=min(base.eval_every, c.steps),
+                                  save_every=min(base.save_every, c.steps))
+    inputs = {"pretrained": pretrained.fingerprint, "contrastive": asdict(c), "trainer": trainer_fp(trainer)}
+
+    def work(d: Path, resume: bool) -> dict:
+        sections = {"pretrain": dataclasses.replace(sec, out=str(d)), "model": _model_config_for_record(cfg),
+                    "train": trainer}
+        result = pretrain(sections, resume=resume, overwrite=not resume, source=cfg.source)
+        return {"steps": result["step"], "validation": result["validation"]}
+
+    return runner.stage("contrastive", inputs, work, can_continue=has_last_checkpoint)
 
 
 def _model_config_for_record(cfg: PipelineConfig):

@@ -188,6 +188,7 @@ def build_summary(cfg: PipelineConfig, stages: dict[str, StageResult], evaluatio
         "sweep": sweep_points,
         "sweep_metric": table_metric(cfg),
         "pretrain": stages["pretrain"].result if "pretrain" in stages else None,
+        "contrastive": stages["contrastive"].result if "contrastive" in stages else None,
         "self_training": stages["finetune"].result.get("self_training"),  # rounds of the pretrained model, or None
         "stages": {n: {"skipped": s.skipped, "seconds": round(s.seconds, 1)} for n, s in stages.items()},
         "compute_seconds": round(sum(s.seconds for s in stages.values()), 1),

@@ -16,7 +16,8 @@ The views (`views`):
   already trained contrastively: all-MiniLM-L6-v2 tells the two views of a gloss from 63 others at a loss near
   1e-5, so nothing moves; overlapping random crops (Contriever's) were nearly as easy (loss 0.002), since the shared
   words give the pair away.
-A text of a single token gives itself as both views.
+A text of a single token gives itself as both views. Split views need no dropout (a model pretrained from scratch
+without it, the default, can take a contrastive stage after its masked LM); dropout views do.
 
 Items are whole documents (a corpus line by default), cut to max_len, not packed windows: the vector learnt is the
 one of a single text.
@@ -40,7 +41,7 @@ VIEWS = ("split", "dropout")
 
 @register
 class SimCSE(Objective):
-    """Contrastive learning of one vector per text, dropout as the only augmentation. Statistics: contrastive_loss,
+    """Contrastive learning of one vector per text from two views of it (`views`). Statistics: contrastive_loss,
     contrastive_accuracy (share of texts whose nearest vector among the other view's batch is their own)."""
 
     name = "simcse"
@@ -60,9 +61,10 @@ class SimCSE(Objective):
 
     def check_model(self, cfg: ModelConfig, source=None) -> None:
         super().check_model(cfg, source)
-        if cfg.dropout == 0 and cfg.attention_dropout == 0:
-            raise InputError("objective 'simcse' needs dropout (its two views of a text differ only by their "
-                             "dropout masks), and this model has none: set [model] dropout, e.g. 0.1", path=source)
+        if self.views == "dropout" and cfg.dropout == 0 and cfg.attention_dropout == 0:
+            raise InputError("objective 'simcse' with views = 'dropout' needs dropout (its two views of a text differ "
+                             "only by their dropout masks), and this model has none: set [model] dropout, e.g. 0.1, "
+                             "or views = 'split'", path=source)
 
     def dataset(self, shards, max_len: int):
         return Documents(shards, max_len, self.specials.cls, self.specials.sep)
