@@ -321,18 +321,23 @@ def test_untrained_positions_are_warned_of():
 
 
 def test_published_checkpoint_at_a_from_scratch_rate_is_warned_of():
-    """init_from with the bundled default's rates (2e-3 pretraining, 1e-3 fine-tuning) gets a warning naming both;
-    at a published checkpoint's rates, or from scratch, none."""
+    """init_from with the bundled default's rates (2e-3 pretraining, 1e-3 contrastive stage and fine-tuning) gets a
+    warning naming each stage that runs; at a published checkpoint's rates, or from scratch, none."""
     from pretune.run.pipeline import published_lr_warning
 
     assert published_lr_warning(load_config()) is None  # from scratch
     init = ["pretrain.objective=mlm", f"pretrain.init_from={default_config_path()}"]
     warning = published_lr_warning(load_config(overrides=init))
-    assert warning is not None and "[pretrain.trainer] lr 0.002 and [finetune.trainer] lr 0.001" in warning
+    assert warning is not None and ("[pretrain.trainer] lr 0.002 and [pretrain.contrastive] lr 0.001 and "
+                                    "[finetune.trainer] lr 0.001") in warning
     skip = published_lr_warning(load_config(overrides=[*init, "run.skip_pretraining=true"]))
     assert skip is not None and "pretrain.trainer" not in skip  # no pretraining: only fine-tuning's rate
+    assert skip is not None and "pretrain.contrastive" not in skip
     assert published_lr_warning(load_config(overrides=[*init, "pretrain.trainer.lr=5e-5",
+                                                       "pretrain.contrastive.lr=5e-5",
                                                        "finetune.trainer.lr=5e-5"])) is None
+    no_stage = published_lr_warning(load_config(overrides=[*init, "pretrain.contrastive.steps=0"]))
+    assert no_stage is not None and "pretrain.contrastive" not in no_stage  # a stage that does not run
 
 
 def test_print_config_round_trips(tmp_path, capsys):

@@ -129,6 +129,9 @@ def test_run_config_changes_only_data_seeds_sweep_and_comparison(tmp_path, monke
         for table in ("tokenizer", "tune"):
             assert cfg[table] == base[table]
         assert cfg["pretrain"]["model"] == base["pretrain"]["model"]
+        # the default's contrastive stage stays (setting b's simcse objective leaves it out when the run starts)
+        assert cfg["pretrain"]["contrastive"] == base["pretrain"]["contrastive"] and \
+            base["pretrain"]["contrastive"]["steps"] == 900
         setting_b = quality.SETTING_B["finetune.trainer"] if setting == "b" else {}
         assert {k: v for k, v in cfg["finetune"]["trainer"].items() if k != "seed"} == \
             {k: v for k, v in base["finetune"]["trainer"].items() if k != "seed"} | setting_b
