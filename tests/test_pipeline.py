@@ -248,6 +248,9 @@ def test_contrastive_stage_trains_the_checkpoint_fine_tuning_starts_from(tiny_ru
     assert stage_record(out, "finetune")["inputs"]["init"]["weights"] == contrasted
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert summary["contrastive"]["steps"] == 6 and "contrastive_loss" in summary["contrastive"]["validation"]
+    code, log, err = run(config, out, capsys, *steps)  # the same config again: nothing trains
+    assert code == 0, err
+    assert "contrastive" in skipped(log) and ran(log) <= {"report"}
     # an objective that is simcse already gets no second contrastive stage; the log says why
     code, log, err = run(config, tmp_path / "simcse", capsys, *steps, "--set", "pretrain.objective=simcse",
                          "--set", "pretrain.trainer.max_steps=4", "--set", "sweep.label_fractions=[]",

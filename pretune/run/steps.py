@@ -127,7 +127,8 @@ def stage_contrastive(runner: Runner, cfg: PipelineConfig, shards: StageResult, 
     trainer = dataclasses.replace(base, max_steps=c.steps, lr=c.lr, batch_size=c.batch_size,
                                   warmup_steps=c.warmup_steps, eval_every=min(base.eval_every, c.steps),
                                   save_every=min(base.save_every, c.steps))
-    inputs = {"pretrained": pretrained.fingerprint, "contrastive": asdict(c), "trainer": trainer_fp(trainer)}
+    inputs = {"pretrained": file_hash(pretrained.directory / "model" / ck.WEIGHTS), "contrastive": asdict(c),
+              "trainer": trainer_fp(trainer)}
 
     def work(d: Path, resume: bool) -> dict:
         sections = {"pretrain": dataclasses.replace(sec, out=str(d)), "model": _model_config_for_record(cfg),
