@@ -242,6 +242,37 @@ def test_import_base_model_has_no_head(tmp_path):
     assert max_diff(ref, ours, mask) < TOL
 
 
+def test_auto_objective_reads_weight_names_not_values(tmp_path, monkeypatch):
+    """objective = "auto" decides from config.json and the weights' names (safetensors header, shard index): no
+    tensor is loaded before pretrain() opens the folder; a lone pytorch_model.bin is still read whole."""
+    import pretune.interop.hf as hf_module
+
+    make_hf("bert", "bert-gelu", tmp_path / "mlm")
+    make_hf("bert", "bert-gelu", tmp_path / "body", task="body")
+    make_hf("gpt2", "gpt2", tmp_path / "gpt2")
+
+    def no_values(*args, **kwargs):
+        raise AssertionError("weights loaded")
+
+    with monkeypatch.context() as m:
+        m.setattr(hf_module, "load_file", no_values)
+        m.setattr(hf_module, "read_hf_weights", no_values)
+        assert [auto_objective(str(tmp_path / d)) for d in ("mlm", "body", "gpt2")] == ["mlm", "simcse", "clm"]
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "mlm" / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    (tmp_path / "mlm" / "model.safetensors").rename(tmp_path / "mlm" / "model-00001-of-00001.safetensors")
+    (tmp_path / "mlm" / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: "model-00001-of-00001.safetensors" for k in keys}}))
+    with monkeypatch.context() as m:  # sharded: the index names the weights
+        m.setattr(hf_module, "load_file", no_values)
+        assert auto_objective(str(tmp_path / "mlm")) == "mlm"
+    (tmp_path / "body" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(InputError, match="cannot read weights"):
+        auto_objective(str(tmp_path / "body"))
+
+
 def test_bert_pretraining_heads_mlm_and_nsp(tmp_path):
     """BertForPreTraining (as bert-base-uncased ships): the NSP head comes along, and goes back."""
     from pretune.model.heads import NSPHead

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from pretune import files
@@ -154,8 +155,35 @@ def _roberta_offset(hf: dict) -> int:
     return (1 if pad is None else int(pad)) + 1
 
 
-def _kind(hf: dict, family: str, state: dict[str, torch.Tensor]) -> str:
-    """What the folder holds: 'mlm' | 'lm' | 'classify' | 'tag' | 'body'."""
+def weight_names(path: Path) -> set[str]:
+    """The names of a Hugging Face folder's weights, read without their values where the format allows it
+    (safetensors headers, the shard index); a single pytorch_model.bin is read whole (weights_only)."""
+    if (path / "model.safetensors").is_file():
+        try:
+            with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+                return set(f.keys())
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file: a bad weights file
+            raise InputError(f"cannot read weights ({type(e).__name__}); expected safetensors",
+                             path=path / "model.safetensors") from None
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index).is_file():
+            weight_map = files.read_json(path / index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise InputError("expected a 'weight_map' object", path=path / index)
+            return set(weight_map)
+    return set(read_hf_weights(path))
+
+
+def folder_kind(path: str | Path) -> str:
+    """What a Hugging Face folder holds, from its config and its weights' names alone: 'mlm' | 'lm' | 'classify' |
+    'tag' | 'body' (what `convert_folder` imports it as)."""
+    path = Path(path)
+    hf = files.read_json(path / ck.CONFIG)
+    return _kind(hf, _family(hf, path), weight_names(path))
+
+
+def _kind(hf: dict, family: str, state: dict[str, torch.Tensor] | set[str]) -> str:
+    """What the folder holds: 'mlm' | 'lm' | 'classify' | 'tag' | 'body' (`state`: the weights, or their names)."""
     arch = (hf.get("architectures") or [""])[0]
     if family == "gpt2":
         return "lm"  # GPT-2's LM head is tied: every GPT-2 body is a causal LM

@@ -13,7 +13,7 @@ import torch
 from pretune.config import bounds, check_numbers
 from pretune.errors import InputError
 from pretune.files import read_json
-from pretune.interop.hf import convert_folder, open_checkpoint
+from pretune.interop.hf import folder_kind, open_checkpoint
 from pretune.model.transformer import PRESETS, ModelConfig, describe
 from pretune.pretrain.embed_init import EMBED_INITS, ppmi_embeddings
 from pretune.pretrain.objectives import OBJECTIVES, Objective, PretrainModel, Specials, build_objective
@@ -125,7 +125,9 @@ def auto_objective(init_from: str | None) -> str:
     if not init_from:
         return "mlm"
     path = ck.resolve(init_from)
-    config = convert_folder(path).config if is_hf_folder(path) else read_json(path / ck.CONFIG)
+    if is_hf_folder(path):  # read from the config and the weights' names, not converted (pretrain() does that)
+        return {"lm": "clm", "mlm": "mlm"}.get(folder_kind(path), "simcse")
+    config = read_json(path / ck.CONFIG)
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
     if model.get("causal"):
         return "clm"
