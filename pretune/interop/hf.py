@@ -45,6 +45,14 @@ def _family(hf: dict, path: Path) -> str:
     return FAMILIES[model_type]
 
 
+def _weight_map(index: Path) -> dict:
+    """A sharded folder's index: weight name -> shard file."""
+    weight_map = files.read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise InputError("expected a 'weight_map' object", path=index)
+    return weight_map
+
+
 def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     """model.safetensors (or its shards), else pytorch_model.bin (or shards) with weights_only=True; float32."""
     for single, index, loader in (("model.safetensors", "model.safetensors.index.json", "st"),
@@ -52,9 +60,7 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
         if (path / single).is_file():
             shards = [path / single]
         elif (path / index).is_file():
-            weight_map = files.read_json(path / index).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise InputError("expected a 'weight_map' object", path=path / index)
+            weight_map = _weight_map(path / index)
             shards = [files.child_path(path, str(name)) for name in sorted(set(weight_map.values()))]
         else:
             continue
@@ -167,10 +173,7 @@ def weight_names(path: Path) -> set[str]:
                              path=path / "model.safetensors") from None
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (path / index).is_file():
-            weight_map = files.read_json(path / index).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise InputError("expected a 'weight_map' object", path=path / index)
-            return set(weight_map)
+            return set(_weight_map(path / index))
     return set(read_hf_weights(path))
 
 
