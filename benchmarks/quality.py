@@ -34,7 +34,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from tasks import TASKS, Task, build_task, task_from_folder
+from tasks import TASKS, Task, resolve_task
 
 from pretune.config import toml_tables
 from pretune.errors import InputError
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     base = default_config()
     results = []
     for name in args.tasks.split(","):
-        task = task_from_folder(Path(name)) if Path(name).is_dir() else build_task(name, out / "tasks")
+        task = resolve_task(name, out / "tasks")
         fractions = label_fractions(args.labels, task)
         for seed in seeds:
             for setting in settings:

@@ -177,6 +177,13 @@ def task_from_folder(folder: Path) -> Task:
                         folder / "corpus.txt")
 
 
+def resolve_task(name: str, root: Path) -> Task:
+    """A --tasks entry: a built-in task name (supersense, debian, fortunes) is always that task, even where the working
+    directory holds a folder of the same name (quality.py's own run folders are named so); anything else is a task
+    folder. Write ./debian for a folder that is named like a built-in task."""
+    return build_task(name, root) if name in TASKS else task_from_folder(Path(name))
+
+
 def build_task(name: str, root: Path, seed: int = 0) -> Task:
     """The task `name` under root/name (built from its installed source)."""
     if name == "supersense":  # the bundled default, as `pretune run` uses it

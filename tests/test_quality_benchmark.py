@@ -101,6 +101,18 @@ def test_split_task_needs_two_classes(tmp_path):
                          cap_per_class=20, eval_size=6)
 
 
+def test_task_names_mean_built_in_tasks_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "supersense").mkdir()  # quality.py's own run folder, e.g. after --out .
+    task = tasks.resolve_task("supersense", tmp_path / "tasks")
+    assert task.train == tasks.WORDNET / "supersense_train.csv"
+    with pytest.raises(InputError, match="not a task folder"):
+        tasks.resolve_task("./supersense", tmp_path / "tasks")  # written as a path: the folder
+    folder = tasks.split_task([(f"text {i}", "ab"[i % 2]) for i in range(80)], tmp_path / "mine", "mine", seed=0,
+                              max_classes=2, min_per_class=10, cap_per_class=40, eval_size=10)
+    assert tasks.resolve_task(str(tmp_path / "mine"), tmp_path / "tasks").train == folder.train
+
+
 def test_label_fractions():
     task = tasks.Task("t", Path("a"), Path("b"), Path("c"), Path("d"), n_classes=4, n_train=400)
     assert quality.label_fractions("5c,10%,100,all", task) == [0.05, 0.1, 0.25, 1.0]
