@@ -53,38 +53,42 @@ def _weight_map(index: Path) -> dict:
     return weight_map
 
 
-def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
-    """model.safetensors (or its shards), else pytorch_model.bin (or shards) with weights_only=True; float32."""
+def _weight_files(path: Path) -> tuple[list[Path], str, dict | None]:
+    """Which files hold a folder's weights: model.safetensors (or its shards), else pytorch_model.bin (or shards).
+    Returns (files, "st" | "pt", the shard index's weight_map or None for a single file)."""
     for single, index, loader in (("model.safetensors", "model.safetensors.index.json", "st"),
                                   ("pytorch_model.bin", "pytorch_model.bin.index.json", "pt")):
         if (path / single).is_file():
-            shards = [path / single]
-        elif (path / index).is_file():
+            return [path / single], loader, None
+        if (path / index).is_file():
             weight_map = _weight_map(path / index)
-            shards = [files.child_path(path, str(name)) for name in sorted(set(weight_map.values()))]
-        else:
-            continue
-        state: dict[str, torch.Tensor] = {}
-        for f in shards:
-            try:
-                if loader == "st":
-                    state.update(load_file(str(f)))
-                else:
-                    part = torch.load(f, map_location="cpu", weights_only=True)
-                    if not isinstance(part, dict):
-                        raise InputError("expected a state dict of tensors", path=f)
-                    state.update(part)
-            except InputError:
-                raise
-            except Exception as e:  # noqa: BLE001 - an unpickling refusal, a truncated file: a bad weights file
-                reason = str(e).splitlines()[0] if str(e) else ""
-                raise InputError(f"cannot read weights ({type(e).__name__}: {reason[:200]}); expected safetensors or "
-                                 "a plain state dict of tensors", path=f) from None
-            if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-                raise InputError("expected a state dict of named tensors", path=f)
-        return {_modern_name(k): v.float() if v.is_floating_point() else v for k, v in state.items()}
+            return [files.child_path(path, str(name)) for name in sorted(set(weight_map.values()))], loader, weight_map
     raise InputError("no PyTorch weights: expected model.safetensors or pytorch_model.bin (or their sharded index)",
                      path=path)
+
+
+def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors (or its shards), else pytorch_model.bin (or shards) with weights_only=True; float32."""
+    shards, loader, _ = _weight_files(path)
+    state: dict[str, torch.Tensor] = {}
+    for f in shards:
+        try:
+            if loader == "st":
+                state.update(load_file(str(f)))
+            else:
+                part = torch.load(f, map_location="cpu", weights_only=True)
+                if not isinstance(part, dict):
+                    raise InputError("expected a state dict of tensors", path=f)
+                state.update(part)
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an unpickling refusal, a truncated file: a bad weights file
+            reason = str(e).splitlines()[0] if str(e) else ""
+            raise InputError(f"cannot read weights ({type(e).__name__}: {reason[:200]}); expected safetensors or "
+                             "a plain state dict of tensors", path=f) from None
+        if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise InputError("expected a state dict of named tensors", path=f)
+    return {_modern_name(k): v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def _modern_name(key: str) -> str:
@@ -162,19 +166,22 @@ def _roberta_offset(hf: dict) -> int:
 
 
 def weight_names(path: Path) -> set[str]:
-    """The names of a Hugging Face folder's weights, read without their values where the format allows it
-    (safetensors headers, the shard index); a single pytorch_model.bin is read whole (weights_only)."""
-    if (path / "model.safetensors").is_file():
+    """The names of a Hugging Face folder's weights (as read_hf_weights names them), read without their values where
+    the format allows it (a safetensors header, the shard index); a single pytorch_model.bin is read whole
+    (weights_only)."""
+    shards, loader, weight_map = _weight_files(path)
+    if weight_map is not None:
+        names = set(weight_map)
+    elif loader == "st":
         try:
-            with safe_open(str(path / "model.safetensors"), framework="pt") as f:
-                return set(f.keys())
+            with safe_open(str(shards[0]), framework="pt") as f:
+                names = set(f.keys())
         except Exception as e:  # noqa: BLE001 - a truncated or foreign file: a bad weights file
             raise InputError(f"cannot read weights ({type(e).__name__}); expected safetensors",
-                             path=path / "model.safetensors") from None
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (path / index).is_file():
-            return set(_weight_map(path / index))
-    return set(read_hf_weights(path))
+                             path=shards[0]) from None
+    else:
+        return set(read_hf_weights(path))
+    return {_modern_name(k) for k in names}
 
 
 def folder_kind(path: str | Path) -> str:
