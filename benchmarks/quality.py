@@ -36,13 +36,15 @@ from pathlib import Path
 
 from tasks import TASKS, Task, resolve_task
 
+from pretune.compare.blend import METHOD as BLEND_METHOD
 from pretune.config import toml_tables
 from pretune.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = os.environ | {"PYTHONPATH": str(REPO)}  # every child runs this copy of pretune
 SETTINGS = {"a": "pretraining from scratch", "b": "continued pretraining of all-MiniLM-L6-v2"}
-PRETUNE_METHODS = ("pretune pretrained", "pretune from scratch")  # the comparison's names of pretune's rows
+# the comparison's names of pretune's rows (tagged with the setting)
+PRETUNE_METHODS = ("pretune pretrained", "pretune from scratch", BLEND_METHOD)
 SETTING_B = {  # continued pretraining of a published checkpoint: README "Starting from a published checkpoint"
     "pretrain": {"init_from": None, "objective": "simcse", "views": "split", "mask_prob": 0.15},  # init_from: per run
     "pretrain.trainer": {"max_steps": 900, "batch_size": 64, "lr": 5e-5, "warmup_steps": 30, "schedule": "wsd"},

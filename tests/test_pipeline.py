@@ -19,7 +19,7 @@ from pretune.run.summary import pick_examples
 DATA = Path(__file__).resolve().parents[1] / "pretune" / "resources" / "wordnet"
 CLASSES = ("noun.animal", "noun.artifact", "noun.person", "noun.plant")
 STAGES = ("tokenizer", "shards", "pretrain", "finetune", "baseline", "sweep/pretrained-0.25", "sweep/baseline-0.25",
-          "evaluate", "compare/fits", "report")
+          "evaluate", "compare/fits", "compare/blend", "report")
 TRAINING = ("pretrain", "finetune", "baseline", "sweep/pretrained-0.25", "sweep/baseline-0.25")
 TINY = """
 [run]
@@ -199,7 +199,7 @@ def test_changed_labels_rerun_finetuning_only(tiny_run, tmp_path, capsys):
     assert code == 0
     assert skipped(log) == {"tokenizer", "shards", "pretrain"}
     assert ran(log) == {"finetune", "baseline", "sweep/pretrained-0.25", "sweep/baseline-0.25", "evaluate",
-                        "compare/fits", "report"}
+                        "compare/fits", "compare/blend", "report"}
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert summary["models"]["pretrained"]["n_train"] == 100
     # a new test file re-runs the evaluation, the comparison (scored on it) and the report only
@@ -207,7 +207,7 @@ def test_changed_labels_rerun_finetuning_only(tiny_run, tmp_path, capsys):
         rows = list(csv.DictReader(f))
     write_csv(config.parent / "test.csv", rows[:50])
     code, log, _ = run(config, out, capsys)
-    assert ran(log) == {"evaluate", "compare/fits", "report"}
+    assert ran(log) == {"evaluate", "compare/fits", "compare/blend", "report"}
     assert json.loads((out / "report" / "summary.json").read_text())["test_size"] == 50
 
 

@@ -160,11 +160,15 @@ def test_collect_and_aggregate_over_seeds():
     for seed, (pre_a, pre_b, tfidf) in enumerate([(0.5, 0.6, 0.4), (0.7, 0.8, 0.45), (0.6, 0.9, 0.5)]):
         for setting, pre in (("a", pre_a), ("b", pre_b)):
             summary = {"comparison": {"metric": "accuracy", "table": {
-                "pretune pretrained": {"20": pre}, "TF-IDF + LR": {"20": tfidf if setting == "a" else 0.0}}}}
+                "pretune pretrained": {"20": pre}, "TF-IDF + LR": {"20": tfidf if setting == "a" else 0.0},
+                "pretune pretrained + TF-IDF + LR": {"20": pre + 0.05}}}}
             metric, table = quality.collect(summary, setting)
             runs.append({"task": "t", "seed": seed, "metric": metric, "table": table})
     lines = {line["method"]: line for line in quality.aggregate(runs)}
-    assert set(lines) == {"pretune pretrained [a]", "pretune pretrained [b]", "TF-IDF + LR"}
+    assert set(lines) == {"pretune pretrained [a]", "pretune pretrained [b]", "TF-IDF + LR",
+                          "pretune pretrained + TF-IDF + LR [a]", "pretune pretrained + TF-IDF + LR [b]"}
+    blend_b = lines["pretune pretrained + TF-IDF + LR [b]"]["mean"]
+    assert blend_b == pytest.approx(statistics.fmean([0.65, 0.85, 0.95]), abs=1e-4)
     b = lines["pretune pretrained [b]"]
     assert b["mean"] == pytest.approx(statistics.fmean([0.6, 0.8, 0.9]), abs=1e-4)
     assert b["std"] == pytest.approx(statistics.stdev([0.6, 0.8, 0.9]), abs=1e-4)
@@ -214,6 +218,7 @@ def test_quick_end_to_end_on_a_tiny_task(tmp_path, capsys):
     lines = quality.main(args)
     methods = {line["method"] for line in lines}
     assert {"pretune pretrained [a]", "pretune pretrained [b]"} <= methods and len(methods) >= 5
+    assert {"pretune pretrained + TF-IDF + LR [a]", "pretune pretrained + TF-IDF + LR [b]"} <= methods
     few, full = sorted({line["labels"] for line in lines})
     assert 12 <= few <= 18 and full == task.n_train  # 5 per class (rounded per class), all
     assert all(0 <= line["mean"] <= 1 and line["n_seeds"] == 1 for line in lines)

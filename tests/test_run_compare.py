@@ -11,6 +11,8 @@ import pytest
 from test_pipeline import make_tiny, ran, skipped
 
 from pretune.cli import main
+from pretune.compare.blend import METHOD as BLEND
+from pretune.compare.blend import WEIGHTS
 from pretune.compare.table import table_from_summary, winner_sentence
 from pretune.errors import InputError
 from pretune.evaluate.report import format_summary
@@ -44,6 +46,27 @@ def test_run_compares_pretune_with_the_classic_baseline_at_every_label_point(tin
     assert "TF-IDF + LR" in format_summary(summary)
 
 
+def test_run_blends_pretune_with_tfidf_lr_at_every_label_point(tiny):
+    """The extra row: pretune pretrained averaged with TF-IDF + LR on each of its label subsets, the weight chosen on
+    validation; its test predictions are the argmax of the weighted probabilities of the two models."""
+    _, out = tiny
+    comp = json.loads((out / "report" / "summary.json").read_text())["comparison"]
+    assert set(comp["table"][BLEND]) == {"30", "120"}
+    for fraction, n in (("0.25", "30"), ("1", "120")):
+        r = json.loads((out / "compare" / "blend" / f"pretune-pretrained-tf-idf-lr-{fraction}.json").read_text())
+        assert r["n_labels"] == int(n) and r["score"] == comp["table"][BLEND][n]
+        assert r["params"]["weight"] in WEIGHTS
+        assert r["val_scores"][str(r["params"]["weight"])] == max(r["val_scores"].values())
+        classic = json.loads((out / "compare" / "fits" / f"tf-idf-lr-{fraction}.json").read_text())
+        assert r["params"]["C"] == classic["params"]["C"]  # the same TF-IDF + LR as the classic row
+        if r["params"]["weight"] == 0.0:
+            assert r["predictions"] == classic["predictions"]
+        model = "pretrained" if fraction == "1" else f"sweep_pretrained-{fraction}"
+        if r["params"]["weight"] == 1.0:
+            pretune = json.loads((out / "evaluate" / f"{model}.json").read_text())
+            assert r["predictions"] == [p["label"] for p in pretune["predictions"]]
+
+
 def test_compare_stage_is_cached_and_can_be_turned_off(tiny, tmp_path, capsys):
     config, out = tiny
     capsys.readouterr()
@@ -51,8 +74,12 @@ def test_compare_stage_is_cached_and_can_be_turned_off(tiny, tmp_path, capsys):
     assert "compare/fits" in skipped(capsys.readouterr().out)
     assert main(["run", str(config), "--out", str(out), "--set", "compare.enabled=false"]) == 0
     log = capsys.readouterr().out
-    assert "compare/fits" not in ran(log) | skipped(log)
+    assert "compare/fits" not in ran(log) | skipped(log) and "compare/blend" not in ran(log) | skipped(log)
     assert json.loads((out / "report" / "summary.json").read_text())["comparison"] is None
+    assert main(["run", str(config), "--out", str(out), "--set", "compare.blend=false"]) == 0
+    log = capsys.readouterr().out
+    assert "compare/fits" in skipped(log) and "compare/blend" not in ran(log) | skipped(log)
+    assert BLEND not in json.loads((out / "report" / "summary.json").read_text())["comparison"]["table"]
 
 
 def test_pretune_compare_with_a_named_checkpoint(tiny, tmp_path, capsys):

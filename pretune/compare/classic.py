@@ -151,18 +151,37 @@ def _text_features(task: str, vec: FeatureUnion, examples: Sequence[Example]):
     return sp.hstack([a, b, a.multiply(b), abs(a - b)]).tocsr()
 
 
+def tfidf_lr(task: str, train: Sequence[Example], val: Sequence[Example], labels: Sequence[str], seed: int = 0,
+             grid: Sequence[float] = C_GRID) -> tuple[Callable, LogisticRegression, float, dict]:
+    """TF-IDF fit on `train`'s texts + logistic regression with C chosen on `val`: (featurizer of a list of
+    examples, the fitted model, the chosen C, validation accuracy per C). Class i of the model is labels[i]."""
+    texts = [ex.text or "" for ex in train] + ([ex.text_b or "" for ex in train] if task == "pair" else [])
+    vec = tfidf_vectorizer().fit(texts)
+
+    def featurize(examples: Sequence[Example]):
+        return _text_features(task, vec, examples)
+
+    y_train, y_val = label_ids(train, labels), label_ids(val, labels)
+    model, c, val_scores = fit_logreg(featurize(train), y_train, featurize(val), accuracy(y_val), seed, grid)
+    return featurize, model, c, val_scores
+
+
+def class_probs(model: LogisticRegression, x, n_labels: int) -> np.ndarray:
+    """float [N, n_labels] probabilities of a model whose classes are label ids (classes it never saw in training
+    get probability 0)."""
+    probs = np.zeros((x.shape[0], n_labels))
+    probs[:, model.classes_] = model.predict_proba(x)
+    return probs
+
+
 def fit_tfidf_lr(task: str, train: Sequence[Example], val: Sequence[Example], test: Sequence[Example],
                  labels: Sequence[str] | None = None, seed: int = 0, grid: Sequence[float] = C_GRID) -> dict:
     """TF-IDF + logistic regression for classify / pair; see `fit_classic`."""
     start = time.perf_counter()
     labels = class_labels((train, val, test), labels)
-    texts = [ex.text or "" for ex in train] + ([ex.text_b or "" for ex in train] if task == "pair" else [])
-    vec = tfidf_vectorizer().fit(texts)
-    x_train, x_val, x_test = (_text_features(task, vec, exs) for exs in (train, val, test))
-    y_train, y_val, y_test = (label_ids(exs, labels) for exs in (train, val, test))
-    model, c, val_scores = fit_logreg(x_train, y_train, x_val, accuracy(y_val), seed, grid)
-    pred = model.predict(x_test)
-    report = classification_report(y_test.tolist(), pred.tolist(), labels)
+    featurize, model, c, val_scores = tfidf_lr(task, train, val, labels, seed, grid)
+    pred = model.predict(featurize(test))
+    report = classification_report(label_ids(test, labels).tolist(), pred.tolist(), labels)
     return result_dict(METHOD[task], task, report, [labels[i] for i in pred], {"C": c}, val_scores, start)
 
 

@@ -2,6 +2,7 @@
 models are fine-tuned on (the main run and every sweep point) and scored on the same test set.
 
     compare/fits/                  classic baseline and linear probes: <method>-<fraction>.json (result dicts)
+    compare/blend/                 classify / pair: pretune's model and TF-IDF + LR averaged, <method>-<fraction>.json
     compare/<checkpoint>-<fraction>/  each named checkpoint fine-tuned as published (evaluated with pretune's models)
 
 The table {method: {label count: test metric}} of every method and its winner sentence go into summary.json
@@ -14,15 +15,19 @@ import re
 from pathlib import Path
 
 from pretune import files
+from pretune.compare import blend
 from pretune.compare.classic import fit_classic
 from pretune.compare.probe import fit_probe
 from pretune.compare.table import best_per_column, winner_sentence
 from pretune.evaluate.metrics import headline_metrics
 from pretune.finetune.data import subsample
+from pretune.finetune.model import load_task_model
+from pretune.finetune.stage import evaluate_file
 from pretune.run.config import PipelineConfig, checkpoint_name
 from pretune.run.stages import Runner, StageResult, file_hash
 from pretune.run.steps import stage_finetune
 from pretune.text.labeled import LabelMap, read_examples
+from pretune.training.config import resolve_device
 from pretune.use.embed import load_body
 
 PRETUNE_METHODS = {"pretrained": "pretune pretrained", "baseline": "pretune from scratch"}
@@ -102,6 +107,54 @@ def stage_compare(runner: Runner, cfg: PipelineConfig, points: dict[float, int])
         return {"rows": rows}
 
     return runner.stage("compare/fits", inputs, work)
+
+
+def blended_models(cfg: PipelineConfig, methods: dict[str, tuple[StageResult, str]]
+                   ) -> dict[str, tuple[StageResult, float, int]]:
+    """pretune's pretrained fine-tunes among `methods` with their label point: {name: (stage, fraction, seed)}."""
+    out = {}
+    for name, (stage, method) in methods.items():
+        if method != PRETUNE_METHODS["pretrained"]:
+            continue
+        if name == "pretrained":
+            out[name] = (stage, cfg.finetune.label_fraction, cfg.finetune.label_seed)
+        else:  # sweep/pretrained-<fraction>
+            out[name] = (stage, float(name.rsplit("-", 1)[1]), cfg.sweep.label_seed)
+    return out
+
+
+def stage_blend(runner: Runner, cfg: PipelineConfig, models: dict[str, tuple[StageResult, float, int]],
+                evaluation: StageResult) -> StageResult:
+    """classify / pair: each pretune pretrained model averaged with TF-IDF + LR trained on its label subset, the weight
+    chosen on validation (`pretune.compare.blend`), in compare/blend/. Test predictions come from `evaluation`."""
+    sec = cfg.finetune
+    inputs = {"data": {s: file_hash(getattr(sec, s)) for s in ("train", "validation", "test")}, "task": sec.task,
+              "fields": sec.fields(), "models": {n: st.fingerprint for n, (st, _, _) in models.items()},
+              "points": {n: [f, s] for n, (_, f, s) in models.items()}, "weights": list(blend.WEIGHTS),
+              "seed": cfg.run.seed}
+
+    def work(d: Path, resume: bool) -> dict:
+        d.mkdir(parents=True, exist_ok=True)
+        train_all, val, test = (read_examples(getattr(sec, s), sec.task, **sec.fields())
+                                for s in ("train", "validation", "test"))
+        device, rows = resolve_device(cfg.run.device), []
+        for name, (stage, fraction, seed) in models.items():
+            train = subsample(train_all, fraction, seed)  # exactly the subset the model was fine-tuned on
+            loaded = load_task_model(stage.directory / "model", device=device)
+            model_val = evaluate_file(loaded, sec.validation, batch_size=max(32, cfg.finetune_trainer.batch_size * 2))
+            model_test = files.read_json(evaluation.directory / f"{name.replace('/', '_')}.json")
+            r = blend.fit_blend(sec.task, train, val, test, model_val["predictions"], model_test["predictions"],
+                                seed=cfg.run.seed)
+            file = f"{_slug(r['method'])}-{fraction:g}.json"
+            files.write_json(d / file, {**r, "fraction": fraction, "n_labels": len(train)})
+            rows.append({"method": r["method"], "fraction": fraction, "n_labels": len(train),
+                         "test": headline_metrics(r["report"]), "one_class": one_class(r["predictions"]),
+                         "file": file, "fit_seconds": round(r["fit_seconds"], 2), "weight": r["params"]["weight"]})
+            runner.log(f"  {r['method']} with {len(train):,} labels: {r['metric']} {r['score']:.4f} "
+                       f"(pretune's weight {r['params']['weight']:g}, chosen on validation)")
+        return {"rows": rows}
+
+    return runner.stage("compare/blend", inputs, work)
 
 
 def predicted_classes(predictions: list) -> set[str]:

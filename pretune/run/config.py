@@ -48,6 +48,7 @@ that file's folder; `[run] out` and values given with `--set` are relative to th
 | `[compare] checkpoints` | `[]` | pretune or Hugging Face folders to compare with (nothing is downloaded) |
 | `[compare] probe` | `true` | a linear probe (frozen mean-pooled features + logistic regression) of each checkpoint |
 | `[compare] finetune_checkpoints` | `true` | each checkpoint fine-tuned as published with the [finetune] settings |
+| `[compare] blend` | `true` | classify, pair: a row of pretune's model and TF-IDF + LR averaged (weight: validation) |
 | `[compare] prompts` | `[]` | causal runs with init_from: prompts the published and continued models both continue |
 
 `[finetune] checkpoint`, `out`, `from_scratch` and `[pretrain] shards`, `out` are set by the pipeline. Any key can
@@ -172,6 +173,7 @@ class CompareSection:
     checkpoints: list[str] = field(default_factory=list)  # absolute once loaded
     probe: bool = True
     finetune_checkpoints: bool = True
+    blend: bool = True  # classify / pair: pretune's model averaged with TF-IDF + LR, an extra row
     # the body's learning rate when a published checkpoint is fine-tuned as published ([finetune.trainer] lr suits
     # pretune's small models; a BERT-sized checkpoint wants the usual 2e-5 to 1e-4)
     finetune_lr: float = 5e-5

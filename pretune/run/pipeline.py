@@ -36,14 +36,17 @@ import time
 from pathlib import Path
 
 from pretune import files
+from pretune.compare.blend import TASKS as BLEND_TASKS
 from pretune.errors import InputError
 from pretune.run.causal import stage_causal, wants_causal
 from pretune.run.compare import (
+    blended_models,
     checkpoint_finetunes,
     comparison,
     evaluated_rows,
     label_points,
     pretune_method,
+    stage_blend,
     stage_compare,
 )
 from pretune.run.config import PipelineConfig, table_metric
@@ -203,6 +206,9 @@ def compare_stage(runner: Runner, cfg: PipelineConfig, methods: dict, evaluation
         return None
     fits = stage_compare(runner, cfg, label_points(cfg))
     rows = (evaluated_rows(methods, evaluation) if evaluation else []) + list(earlier or []) + fits.result["rows"]
+    blended = blended_models(cfg, methods)
+    if cfg.compare.blend and cfg.finetune.task in BLEND_TASKS and blended and evaluation:
+        rows += stage_blend(runner, cfg, blended, evaluation).result["rows"]
     return comparison(table_metric(cfg), rows)
 
 
