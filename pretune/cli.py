@@ -23,6 +23,7 @@ COMMANDS = (
     "pretune.pretrain.cli",  # prepare, pretrain, vocab extend
     "pretune.finetune.cli",  # finetune, evaluate
     "pretune.use.cli",  # predict, embed, explain, generate
+    "pretune.compare.cli",  # blend
     "pretune.run.cli",  # run, tune, compare
     "pretune.interop.cli",  # import, export
 )

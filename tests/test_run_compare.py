@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from html import escape
 from pathlib import Path
 
@@ -50,8 +51,15 @@ def test_run_blends_pretune_with_tfidf_lr_at_every_label_point(tiny):
     """The extra row: pretune pretrained averaged with TF-IDF + LR on each of its label subsets, the weight chosen on
     validation; its test predictions are the argmax of the weighted probabilities of the two models."""
     _, out = tiny
-    comp = json.loads((out / "report" / "summary.json").read_text())["comparison"]
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    comp = summary["comparison"]
     assert set(comp["table"][BLEND]) == {"30", "120"}
+    # the winner sentence counts the blend; a second one says who wins without it (pretune's model alone)
+    alone = {m: row for m, row in table_from_summary(comp).items() if m != BLEND}
+    sentence = winner_sentence(alone, "accuracy")
+    assert comp["without_blend"] == f"Without the blend row, {sentence[0].lower()}{sentence[1:]}"
+    assert BLEND not in comp["without_blend"] and comp["without_blend"] in format_summary(summary)
+    assert escape(comp["without_blend"]) in (out / "report" / "report.html").read_text()
     for fraction, n in (("0.25", "30"), ("1", "120")):
         r = json.loads((out / "compare" / "blend" / f"pretune-pretrained-tf-idf-lr-{fraction}.json").read_text())
         assert r["n_labels"] == int(n) and r["score"] == comp["table"][BLEND][n]
@@ -67,6 +75,60 @@ def test_run_blends_pretune_with_tfidf_lr_at_every_label_point(tiny):
             assert r["predictions"] == [p["label"] for p in pretune["predictions"]]
 
 
+def test_the_main_run_s_blend_is_served_by_predict_and_evaluate(tiny, tmp_path, capsys):
+    """compare/blend/model: the main run's model with its TF-IDF + LR; `pretune evaluate` and `pretune predict` on it
+    reproduce the blend row's test predictions, and on the plain fine-tuned model they do not blend."""
+    config, out = tiny
+    r = json.loads((out / "compare" / "blend" / "pretune-pretrained-tf-idf-lr-1.json").read_text())
+    served = out / "compare" / "blend" / "model"
+    assert (served / "blend" / "classic.json").is_file() and (served / "config.json").is_file()
+    test = load_config(config).finetune.test
+    capsys.readouterr()
+    assert main(["evaluate", "--from", str(served), "--data", test, "--out", str(tmp_path / "ev.json")]) == 0
+    assert f"a blend: {r['params']['weight']:g} x the fine-tuned network" in capsys.readouterr().out
+    report = json.loads((tmp_path / "ev.json").read_text())
+    assert report["blend_weight"] == r["params"]["weight"]
+    labels = [p["label"] for p in report["predictions"]]
+    assert sum(a != b for a, b in zip(labels, r["predictions"], strict=True)) <= 1  # float rounding at a tie
+    assert abs(report["accuracy"] - r["score"]) <= 1 / len(labels)
+    assert main(["predict", "--from", str(served), "--input", test, "--output", str(tmp_path / "p.jsonl")]) == 0
+    predicted = [json.loads(line)["prediction"] for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [p["label"] for p in predicted] == labels
+    assert all(abs(sum(p["probs"].values()) - 1) < 1e-4 for p in predicted)
+    plain = json.loads((out / "evaluate" / "pretrained.json").read_text())
+    assert main(["evaluate", "--from", str(out / "finetune" / "model"), "--data", test,
+                 "--out", str(tmp_path / "plain.json")]) == 0
+    again = json.loads((tmp_path / "plain.json").read_text())
+    assert "blend_weight" not in again and again["accuracy"] == plain["accuracy"]
+    if r["params"]["weight"] < 1.0:  # TF-IDF + LR has a share: the probabilities differ from the network's alone
+        assert [p["probs"] for p in predicted] != [p["probs"] for p in plain["predictions"]]
+
+
+def test_pretune_blend_makes_the_same_blend_from_a_fine_tuning_run(tiny, tmp_path, capsys):
+    """`pretune blend` on the run's finetune/ (files and label subset from its run.json) chooses the weight the
+    pipeline chose and scores what its blend row scored; it refuses a blend, its own model and an existing --out."""
+    config, out = tiny
+    r = json.loads((out / "compare" / "blend" / "pretune-pretrained-tf-idf-lr-1.json").read_text())
+    test = load_config(config).finetune.test
+    served = tmp_path / "blend"
+    capsys.readouterr()
+    assert main(["blend", "--from", str(out / "finetune"), "--out", str(served), "--test", test]) == 0
+    said = capsys.readouterr().out
+    assert f"{r['params']['weight']:g} chosen" in said and f"blend {r['score']:.4f}" in said
+    assert main(["evaluate", "--from", str(served), "--data", test, "--out", str(tmp_path / "ev.json")]) == 0
+    assert json.loads((tmp_path / "ev.json").read_text())["blend_weight"] == r["params"]["weight"]
+    assert main(["blend", "--from", str(out / "finetune"), "--out", str(served)]) == 2  # exists
+    assert main(["blend", "--from", str(served), "--out", str(tmp_path / "b2")]) == 2  # a blend already
+    assert main(["blend", "--from", str(out / "finetune"), "--out", str(out / "finetune"), "--overwrite"]) == 2
+    assert (out / "finetune" / "model" / "config.json").is_file()
+    err = capsys.readouterr().err
+    assert "already exists" in err and "a blend already" in err and "would replace the fine-tuned model" in err
+    lone = tmp_path / "lone"  # a checkpoint without its run.json: the files must be named
+    shutil.copytree(out / "finetune" / "model", lone)
+    assert main(["blend", "--from", str(lone), "--out", str(tmp_path / "b3")]) == 2
+    assert "--train is needed" in capsys.readouterr().err
+
+
 def test_compare_stage_is_cached_and_can_be_turned_off(tiny, tmp_path, capsys):
     config, out = tiny
     capsys.readouterr()
@@ -79,7 +141,8 @@ def test_compare_stage_is_cached_and_can_be_turned_off(tiny, tmp_path, capsys):
     assert main(["run", str(config), "--out", str(out), "--set", "compare.blend=false"]) == 0
     log = capsys.readouterr().out
     assert "compare/fits" in skipped(log) and "compare/blend" not in ran(log) | skipped(log)
-    assert BLEND not in json.loads((out / "report" / "summary.json").read_text())["comparison"]["table"]
+    comp = json.loads((out / "report" / "summary.json").read_text())["comparison"]
+    assert BLEND not in comp["table"] and "without_blend" not in comp
 
 
 def test_pretune_compare_with_a_named_checkpoint(tiny, tmp_path, capsys):

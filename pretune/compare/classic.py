@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -151,16 +152,23 @@ def _text_features(task: str, vec: FeatureUnion, examples: Sequence[Example]):
     return sp.hstack([a, b, a.multiply(b), abs(a - b)]).tocsr()
 
 
+@dataclass
+class TfidfFeatures:
+    """The TF-IDF features of a task's examples (`_text_features`), from a fitted `tfidf_vectorizer()`."""
+
+    task: str
+    vectorizer: FeatureUnion
+
+    def __call__(self, examples: Sequence[Example]):
+        return _text_features(self.task, self.vectorizer, examples)
+
+
 def tfidf_lr(task: str, train: Sequence[Example], val: Sequence[Example], labels: Sequence[str], seed: int = 0,
-             grid: Sequence[float] = C_GRID) -> tuple[Callable, LogisticRegression, float, dict]:
+             grid: Sequence[float] = C_GRID) -> tuple[TfidfFeatures, LogisticRegression, float, dict]:
     """TF-IDF fit on `train`'s texts + logistic regression with C chosen on `val`: (featurizer of a list of
     examples, the fitted model, the chosen C, validation accuracy per C). Class i of the model is labels[i]."""
     texts = [ex.text or "" for ex in train] + ([ex.text_b or "" for ex in train] if task == "pair" else [])
-    vec = tfidf_vectorizer().fit(texts)
-
-    def featurize(examples: Sequence[Example]):
-        return _text_features(task, vec, examples)
-
+    featurize = TfidfFeatures(task, tfidf_vectorizer().fit(texts))
     y_train, y_val = label_ids(train, labels), label_ids(val, labels)
     model, c, val_scores = fit_logreg(featurize(train), y_train, featurize(val), accuracy(y_val), seed, grid)
     return featurize, model, c, val_scores

@@ -105,6 +105,7 @@ def format_comparison(comparison: dict) -> str:
     warning per method that predicted a single class, and what a method cannot represent."""
     lines = [f"comparison (test {comparison['metric']} by number of training labels; * best)",
              format_table(table_from_summary(comparison), comparison["metric"]), "", comparison["sentence"]]
+    lines += [comparison["without_blend"]] if comparison.get("without_blend") else []
     lines += [f"WARNING: {m} predicts a single class on the test set" for m in comparison.get("one_class", [])]
     lines += [f"note: {n}" for n in comparison.get("notes", [])]
     return "\n".join(lines)
@@ -184,7 +185,8 @@ def _comparison_section(comparison: dict) -> str:
     warn = "".join(f'<p class="bad">{_esc(m)} predicts a single class on the test set.</p>'
                    for m in comparison.get("one_class", []))
     notes = "".join(f'<p class="note">{_esc(n)}</p>' for n in comparison.get("notes", []))
-    return (f"<p><b>{_esc(comparison['sentence'])}</b></p>" + warn
+    alone = comparison.get("without_blend")
+    return (f"<p><b>{_esc(comparison['sentence'])}</b></p>" + (f"<p>{_esc(alone)}</p>" if alone else "") + warn
             + _table(["method", *(f"{n:,} labels" for n in counts)], rows) + notes)
 
 

@@ -44,6 +44,9 @@ def cmd_evaluate(args) -> None:
     if out is not None:
         files.check_output(out, args.overwrite)
     report = evaluate_file(args.checkpoint, args.data, batch_size=args.batch_size, decode=decode_from_flags(args))
+    if "blend_weight" in report:
+        w = report["blend_weight"]
+        print(f"a blend: {w:g} x the fine-tuned network + {1 - w:g} x TF-IDF + LR (its blend/ folder)")
     print(format_report(report))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -154,7 +154,10 @@ def task_config(model: TaskModel, max_len: int, extra: dict | None = None) -> di
 
 
 def load_task_model(path: str | Path, device: str | torch.device | None = None) -> tuple[TaskModel, Any, dict]:
-    """(model in eval mode, tokenizer, config.json) of a fine-tuned checkpoint (a directory or a run holding one)."""
+    """(model in eval mode, tokenizer, config.json) of a fine-tuned checkpoint (a directory or a run holding one).
+
+    A checkpoint with a blend/ folder carries TF-IDF + LR to average with (`pretune.compare.blend`): the model's
+    `tfidf_partner`, which `predict` and `evaluate_file` apply."""
     ckpt = open_checkpoint(path)
     conf = ckpt.config
     if conf.get("task") not in TASKS:
@@ -171,6 +174,10 @@ def load_task_model(path: str | Path, device: str | torch.device | None = None) 
     model.eval()
     if device is not None:
         model.to(device)
+    if (Path(ckpt.path) / "blend").is_dir():  # a served blend (`pretune run`'s compare/blend/model)
+        from pretune.compare.blend import read_partner
+
+        model.tfidf_partner = read_partner(ckpt.path)
     return model, tok, conf
 
 

@@ -225,4 +225,9 @@ def evaluate_file(checkpoint, data: str | Path, batch_size: int = 32, decode: st
     for w in length_warnings(data_, model.task, conf.get("max_len", 128)):
         print(f"pretune: warning: {w}", file=sys.stderr)
     report, merged, _ = evaluate_data(model, tok, data_, batch_size)
+    partner = getattr(model, "tfidf_partner", None)
+    if partner is not None:  # a served blend: score the average with TF-IDF + LR, not the network alone
+        merged = partner.blend(data_.examples, merged, model.labels)
+        report = {**model.kind.report(LabelMap(model.labels), data_.examples, merged, data),
+                  "blend_weight": partner.weight}  # the network's share; TF-IDF + LR has the rest
     return {**report, "predictions": predictions_json(model.task, model.labels, merged)}

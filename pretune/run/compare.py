@@ -2,7 +2,8 @@
 models are fine-tuned on (the main run and every sweep point) and scored on the same test set.
 
     compare/fits/                  classic baseline and linear probes: <method>-<fraction>.json (result dicts)
-    compare/blend/                 classify / pair: pretune's model and TF-IDF + LR averaged, <method>-<fraction>.json
+    compare/blend/                 classify / pair: pretune's model and TF-IDF + LR averaged, <method>-<fraction>.json;
+                                   model/: the main run's blend, a checkpoint `pretune predict` serves
     compare/<checkpoint>-<fraction>/  each named checkpoint fine-tuned as published (evaluated with pretune's models)
 
 The table {method: {label count: test metric}} of every method and its winner sentence go into summary.json
@@ -131,7 +132,7 @@ def stage_blend(runner: Runner, cfg: PipelineConfig, models: dict[str, tuple[Sta
     inputs = {"data": {s: file_hash(getattr(sec, s)) for s in ("train", "validation", "test")}, "task": sec.task,
               "fields": sec.fields(), "models": {n: st.fingerprint for n, (st, _, _) in models.items()},
               "points": {n: [f, s] for n, (_, f, s) in models.items()}, "weights": list(blend.WEIGHTS),
-              "seed": cfg.run.seed}
+              "seed": cfg.run.seed, "served": blend.FORMAT}
 
     def work(d: Path, resume: bool) -> dict:
         d.mkdir(parents=True, exist_ok=True)
@@ -143,8 +144,11 @@ def stage_blend(runner: Runner, cfg: PipelineConfig, models: dict[str, tuple[Sta
             loaded = load_task_model(stage.directory / "model", device=device)
             model_val = evaluate_file(loaded, sec.validation, batch_size=max(32, cfg.finetune_trainer.batch_size * 2))
             model_test = files.read_json(evaluation.directory / f"{name.replace('/', '_')}.json")
-            r = blend.fit_blend(sec.task, train, val, test, model_val["predictions"], model_test["predictions"],
-                                seed=cfg.run.seed)
+            r, partner = blend.fit_blend(sec.task, train, val, test, model_val["predictions"],
+                                         model_test["predictions"], seed=cfg.run.seed)
+            if name == "pretrained":  # the main run's model, served: `pretune predict --model compare/blend/model`
+                blend.write_blend_model(d / "model", stage.directory / "model", partner)
+                runner.log(f"  the blend, to predict with: {d / 'model'}")
             file = f"{_slug(r['method'])}-{fraction:g}.json"
             files.write_json(d / file, {**r, "fraction": fraction, "n_labels": len(train)})
             rows.append({"method": r["method"], "fraction": fraction, "n_labels": len(train),
@@ -198,10 +202,14 @@ def comparison(metric: str, rows: list[dict]) -> dict:
     for r in rows:
         if metric in r["test"]:
             table.setdefault(r["method"], {})[int(r["n_labels"])] = {metric: r["test"][metric]}
+    alone = {m: row for m, row in table.items() if m != blend.METHOD}  # pretune's model alone against the rest
+    without = winner_sentence(alone, metric)
     return {"metric": metric,
             "table": {m: {str(n): v[metric] for n, v in row.items()} for m, row in table.items()},
             "best": {str(n): ms for n, ms in best_per_column(table, metric).items()},
             "sentence": winner_sentence(table, metric),
+            **({"without_blend": f"Without the blend row, {without[0].lower()}{without[1:]}"}
+               if len(alone) < len(table) else {}),
             "one_class": sorted({f"{r['method']} ({int(r['n_labels']):,} labels)" for r in rows if r["one_class"]}),
             "notes": sorted({r["note"] for r in rows if r.get("note")})}
 

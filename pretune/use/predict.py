@@ -84,6 +84,9 @@ def predict(checkpoint, inputs: Sequence, batch_size: int = 32, device: str | No
         print(f"pretune: warning: {w}", file=sys.stderr)
     outputs, _ = run_features(model, data.features, tok.specials.pad, batch_size)
     merged = merge_outputs(model.task, model.labels, examples, data.features, outputs)
+    partner = getattr(model, "tfidf_partner", None)
+    if partner is not None:  # a served blend (`pretune.compare.blend`): averaged with TF-IDF + LR
+        merged = partner.blend(examples, merged, model.labels)
     return predictions_json(model.task, model.labels, merged)
 
 
